@@ -1,0 +1,1 @@
+"""Console commands of the runtime package (fer-bench, fer-video); each module has main(argv) -> int."""

@@ -1,0 +1,1 @@
+"""Training of fer_edge models (needs the ``train`` extra: torch, imbalanced-learn, scikit-learn)."""
