@@ -25,7 +25,8 @@ def build_parser():
                    help="registered model name: vgg_edge, vgg_half, vgg_paper, vgg_tiny (default: %(default)s)")
     p.add_argument("--data", required=False, help="fer2013.csv or the image-folder root (required unless --list-models)")
     p.add_argument("--out", default=d["out"], help="run folder (default: runs/<model>)")
-    p.add_argument("--epochs", type=int, default=d["epochs"], help="epochs (default: %(default)s)")
+    p.add_argument("--epochs", type=int, default=None,
+                   help=f"total epochs (default: {d['epochs']}; on --resume, the run's own count)")
     p.add_argument("--batch-size", type=int, default=d["batch_size"], help="global batch size (default: %(default)s)")
     p.add_argument("--optimizer", choices=("sgd", "adamw"), default=d["optimizer"],
                    help="sgd is SGD with Nesterov momentum (default: %(default)s)")
@@ -51,6 +52,8 @@ def build_parser():
     p.add_argument("--distill-alpha", type=float, default=d["distill_alpha"], help="(default: %(default)s)")
     p.add_argument("--distill-temperature", type=float, default=d["distill_temperature"], help="(default: %(default)s)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from last.pt (default: off)")
+    p.add_argument("--stop-after", type=int, default=None,
+                   help="leave after this many epochs in this call; --resume continues (default: run to the end)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (default: show it)")
     p.add_argument("--export", metavar="ONNX", default=None,
                    help="after training, write the best epoch as ONNX with metadata (default: no export)")
@@ -75,7 +78,8 @@ def _run(args):
     if not args.data and not args.resume:
         raise SystemExit("fer-train: error: --data is required")
     cfg = TrainConfig(
-        model=args.model, data=args.data or "", out=args.out or f"runs/{args.model}", epochs=args.epochs,
+        model=args.model, data=args.data or "", out=args.out or f"runs/{args.model}",
+        epochs=args.epochs or _defaults()["epochs"],
         batch_size=args.batch_size, optimizer=args.optimizer, lr=args.lr, weight_decay=args.weight_decay,
         schedule=args.schedule, label_smoothing=args.label_smoothing, balance=args.balance,
         augment=not args.no_augment, amp=not args.no_amp, seed=args.seed, threads=args.threads,
@@ -83,13 +87,13 @@ def _run(args):
         distill=args.distill, distill_alpha=args.distill_alpha, distill_temperature=args.distill_temperature,
         progress=not args.no_progress,
     )
-    history = train(cfg, resume=args.resume)
+    history = train(cfg, resume=args.resume, stop_after=args.stop_after, epochs=args.epochs)
     best = max(history, key=lambda r: r.get("public_top1", -1)) if history else None
     if best is not None and "public_top1" in best:
         print(f"best epoch {best['epoch'] + 1}: PublicTest top-1 {best['public_top1'] * 100:.2f}% "
               f"weighted {best['public_weighted_acc'] * 100:.2f}% ({cfg.eval_tta}); checkpoint {cfg.out}/best.pt")
     if args.export:
-        from .onnx_io import export_checkpoint
+        from export.onnx_export import export_checkpoint
 
         export_checkpoint(f"{cfg.out}/best.pt", args.export)
         print(f"wrote {args.export}")

@@ -240,12 +240,16 @@ class _Logger:
             fh.write(msg + "\n")
 
 
-def train(cfg, resume=False):
+def train(cfg, resume=False, stop_after=None, epochs=None):
     """Run (or resume) a training run.
 
     Args:
-        cfg: TrainConfig.
-        resume: continue from ``cfg.out/last.pt`` (the config stored there wins, except ``epochs``).
+        cfg: TrainConfig (on resume only ``cfg.out`` is read: the stored config wins).
+        resume: continue from ``cfg.out/last.pt``.
+        stop_after: leave after this many epochs in this call (the run stays resumable), e.g. to train
+            in time slices.
+        epochs: on resume, a new total epoch count; allowed for the plateau and constant schedules,
+            whose learning rate does not depend on the run's length.
 
     Returns:
         The per-epoch history (list of dicts).
@@ -259,9 +263,12 @@ def train(cfg, resume=False):
         if not os.path.isfile(last_path):
             raise FileNotFoundError(f"{last_path}: nothing to resume (no checkpoint in {cfg.out})")
         ckpt = torch.load(last_path, map_location="cpu", weights_only=False)
-        epochs = cfg.epochs
         cfg = TrainConfig(**ckpt["config"])
-        cfg.epochs = max(epochs, cfg.epochs) if epochs else cfg.epochs
+        if epochs and epochs != cfg.epochs:
+            if cfg.schedule in ("onecycle", "cosine"):
+                raise ValueError(f"{cfg.out}: a {cfg.schedule} schedule is fixed to {cfg.epochs} epochs; "
+                                 "resume without changing --epochs")
+            cfg.epochs = epochs
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     device = pick_device(cfg.device)
@@ -318,7 +325,8 @@ def train(cfg, resume=False):
     sampler_w = torch.from_numpy(balance_mod.sample_weights(labels, num_classes)) if cfg.balance == "sampler" else None
     aug_cfg = AugmentConfig() if cfg.augment else None
 
-    for epoch in range(start_epoch, cfg.epochs):
+    end_epoch = cfg.epochs if stop_after is None else min(cfg.epochs, start_epoch + stop_after)
+    for epoch in range(start_epoch, end_epoch):
         t0 = time.time()
         if sampler_w is not None:
             order = torch.multinomial(sampler_w, len(labels), replacement=True, generator=gen)

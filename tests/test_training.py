@@ -1,0 +1,165 @@
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from training import balance  # noqa: E402
+from training.augment import augment_batch, tta_views  # noqa: E402
+from training.engine import TrainConfig, load_checkpoint, model_from_checkpoint, predict_logits, train  # noqa: E402
+from training.ensemble import Ensemble, combine, fit_weights  # noqa: E402
+from training.models import count_macs, count_parameters, create_model, list_models  # noqa: E402
+from tests.conftest import synthetic_faces, write_folders  # noqa: E402
+
+
+def _cfg(root, out, **kw):
+    base = dict(model="vgg_tiny", data=str(root), out=str(out), epochs=2, batch_size=16, lr=0.05,
+                schedule="cosine", warmup_epochs=0.5, progress=False, threads=1, seed=3)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+@pytest.fixture
+def small_tree(tmp_path, cache_dir):
+    root = tmp_path / "data"
+    write_folders(root, {("train", "Training_"): synthetic_faces(112, 1),
+                         ("test", "PublicTest_"): synthetic_faces(35, 2)})
+    return root
+
+
+def test_registry_and_budgets():
+    assert {"vgg_paper", "vgg_edge", "vgg_tiny"} <= set(list_models())
+    with pytest.raises(ValueError, match="known models: .*vgg_edge"):
+        create_model("resnet9000")
+    edge = create_model("vgg_edge")
+    assert count_parameters(edge) <= 5_000_000 and 2 * count_macs(edge) <= 150_000_000
+    paper = create_model("vgg_paper")
+    convs = [m for m in paper.features if isinstance(m, torch.nn.Conv2d)]
+    assert [c.out_channels for c in convs] == [64, 64, 128, 128, 256, 256, 512, 512]
+    linears = [m for m in paper.classifier if isinstance(m, torch.nn.Linear)]
+    assert [(l.in_features, l.out_features) for l in linears] == [(2048, 4096), (4096, 4096), (4096, 7)]
+    assert paper(torch.zeros(2, 1, 40, 40)).shape == (2, 7)
+
+
+def test_augment_shapes_and_determinism():
+    x = torch.from_numpy(synthetic_faces(8)[0]).unsqueeze(1)
+    a = augment_batch(x, 40, 0.5, 0.5, generator=torch.Generator().manual_seed(0))
+    b = augment_batch(x, 40, 0.5, 0.5, generator=torch.Generator().manual_seed(0))
+    assert a.shape == (8, 1, 40, 40) and torch.equal(a, b)
+    views = tta_views(x, 40, 0.5, 0.5, "tencrop")
+    assert views.shape == (10, 8, 1, 40, 40)
+    assert torch.equal(views[4], tta_views(x, 40, 0.5, 0.5, "none")[0])
+    assert torch.equal(views[9], views[4].flip(-1))
+
+
+def test_loss_falls_and_files_written(small_tree, tmp_path):
+    history = train(_cfg(small_tree, tmp_path / "run", epochs=4, lr=0.02))
+    assert history[-1]["train_loss"] < history[0]["train_loss"]
+    for name in ("last.pt", "best.pt", "metrics.csv", "metrics.json", "train.log", "config.json"):
+        assert (tmp_path / "run" / name).is_file(), name
+    best = load_checkpoint(str(tmp_path / "run" / "best.pt"))
+    assert best["metadata"]["metrics"]["split"] == "public"
+
+
+def test_resume_is_exact(small_tree, tmp_path):
+    full = train(_cfg(small_tree, tmp_path / "full", epochs=3))
+    train(_cfg(small_tree, tmp_path / "part", epochs=3), stop_after=2)
+    resumed = train(_cfg(small_tree, tmp_path / "part", epochs=3), resume=True)
+    assert [r["train_loss"] for r in resumed] == [r["train_loss"] for r in full]
+    a = load_checkpoint(str(tmp_path / "full" / "last.pt"))["model_state"]
+    b = load_checkpoint(str(tmp_path / "part" / "last.pt"))["model_state"]
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+def test_resume_cannot_stretch_a_cosine_schedule(small_tree, tmp_path):
+    train(_cfg(small_tree, tmp_path / "run", epochs=2), stop_after=1)
+    with pytest.raises(ValueError, match="fixed to 2 epochs"):
+        train(_cfg(small_tree, tmp_path / "run"), resume=True, epochs=5)
+
+
+@pytest.mark.parametrize("strategy", ["ros", "smote", "smote-tomek", "smote-enn"])
+def test_resamplers_promise_their_counts(strategy, tmp_path):
+    pytest.importorskip("imblearn")
+    rng = np.random.default_rng(0)
+    counts = [30, 6, 12, 40, 20, 10, 25]
+    labels = np.repeat(np.arange(7), counts)
+    images = rng.integers(0, 255, (len(labels), 8, 8)).astype(np.uint8)
+    images += (labels * 30).astype(np.uint8)[:, None, None] // 2
+    new_images, new_labels = balance.resample(images, labels, strategy, seed=0, cache_dir=str(tmp_path))
+    got = np.bincount(new_labels, minlength=7)
+    assert new_images.dtype == np.uint8 and new_images.shape[1:] == (8, 8)
+    if strategy in ("ros", "smote"):
+        assert got.tolist() == [40] * 7
+    else:  # SMOTE to 40 per class, then a cleaning step that only removes samples
+        assert (got <= 40).all()
+        assert got[1] > counts[1] and got[5] > counts[5]  # minority classes were oversampled
+    again = balance.resample(images, labels, strategy, seed=0, cache_dir=str(tmp_path))
+    np.testing.assert_array_equal(again[1], new_labels)  # seeded and cached
+
+
+def test_class_weights_and_sampler_balance_classes():
+    labels = np.repeat(np.arange(7), [70, 7, 14, 140, 35, 21, 28])
+    w = balance.class_weights(labels, 7)
+    per_class_mass = np.bincount(labels, weights=w[labels], minlength=7)
+    np.testing.assert_allclose(per_class_mass, per_class_mass[0])
+    draws = np.random.default_rng(0).choice(len(labels), 70000, p=balance.sample_weights(labels, 7))
+    share = np.bincount(labels[draws], minlength=7) / 70000
+    np.testing.assert_allclose(share, 1 / 7, atol=0.01)
+
+
+def test_ensemble_of_two_is_mean_of_members():
+    torch.manual_seed(0)
+    a, b = create_model("vgg_tiny").eval(), create_model("vgg_tiny").eval()
+    x = torch.randn(5, 1, 40, 40)
+    with torch.no_grad():
+        ens = Ensemble([a, b]).eval()(x)
+        mean = (torch.softmax(a(x), 1) + torch.softmax(b(x), 1)) / 2
+    torch.testing.assert_close(ens, mean)
+    np.testing.assert_allclose(combine([torch.softmax(a(x), 1).detach().numpy(), torch.softmax(b(x), 1).detach().numpy()]),
+                               mean.numpy(), rtol=1e-5)
+
+
+def test_fit_weights_prefers_the_better_member():
+    y = np.arange(200) % 7
+    good = np.eye(7)[y] * 4.0
+    bad = np.random.default_rng(0).normal(size=(200, 7))
+    w = fit_weights([bad, good], y)
+    assert w[1] > 0.9 and w.sum() == pytest.approx(1.0)
+
+
+def test_predict_logits_tta_and_checkpoint_model(small_tree, tmp_path):
+    train(_cfg(small_tree, tmp_path / "run", epochs=1))
+    model = model_from_checkpoint(load_checkpoint(str(tmp_path / "run" / "best.pt")))
+    images = synthetic_faces(6)[0]
+    for mode in ("none", "flip", "tencrop"):
+        assert predict_logits(model, images, mode).shape == (6, 7)
+
+
+def test_cli_one_epoch(small_tree, tmp_path):
+    from training.cli import main
+
+    rc = main(["--model", "vgg_tiny", "--data", str(small_tree), "--epochs", "1", "--out", str(tmp_path / "cli"),
+               "--batch-size", "16", "--no-progress", "--threads", "1"])
+    assert rc == 0
+    rows = json.loads((tmp_path / "cli" / "metrics.json").read_text())
+    assert len(rows) == 1 and 0 <= rows[0]["public_top1"] <= 1
+
+
+@pytest.mark.slow
+def test_torchrun_ddp_gloo_two_processes(small_tree, tmp_path):
+    out = tmp_path / "ddp"
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29517",
+           "-m", "training.cli", "--model", "vgg_tiny", "--data", str(small_tree), "--epochs", "2", "--out", str(out),
+           "--batch-size", "16", "--no-progress", "--threads", "1", "--device", "cpu"]
+    result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300,
+                            cwd=os.path.dirname(os.path.dirname(__file__)))
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = json.loads((out / "metrics.json").read_text())
+    assert len(rows) == 2
+    assert "world 2" in (out / "train.log").read_text()
