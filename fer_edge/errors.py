@@ -13,6 +13,10 @@ class ModelError(FerEdgeError, ValueError):
     """A model file is missing, unreadable, or lacks the metadata needed to use it."""
 
 
+class InputError(FerEdgeError, ValueError):
+    """An array, box list, frame or video source handed to fer_edge cannot be used; the message says why."""
+
+
 class MissingExtraError(FerEdgeError, ImportError):
     """An optional dependency is not installed; the message names the extra that provides it."""
 

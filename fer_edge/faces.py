@@ -7,7 +7,7 @@ network sees its central ``input_size / context_size`` part resized to ``input_s
 
 import numpy as np
 
-from .errors import FerEdgeError
+from .errors import InputError  # noqa: F401  (re-exported: fer_edge.faces.InputError)
 
 TTA_MODES = ("none", "flip", "tencrop")
 
@@ -66,10 +66,6 @@ def tta_batch(context, metadata, mode):
                  context[..., k - s:, k - s:], centre]
         return np.stack(crops + [c[..., ::-1] for c in crops])
     raise ValueError(f"unknown TTA mode {mode!r}: choose one of {', '.join(TTA_MODES)}")
-
-
-class InputError(FerEdgeError, ValueError):
-    """An array, box list, frame or video source handed to fer_edge cannot be used; the message says why."""
 
 
 def check_faces(faces):

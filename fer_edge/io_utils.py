@@ -16,7 +16,8 @@ def atomic_output(path, suffix=""):
     path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix="." + os.path.basename(path) + ".", suffix=suffix + ".part")
+    # ".part" goes before the suffix: writers such as OpenCV's choose the format by the extension.
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix="." + os.path.basename(path) + ".", suffix=".part" + suffix)
     os.close(fd)
     # mkstemp creates the file 0600; give the final file the permissions a plain open() would.
     umask = os.umask(0)
