@@ -13,11 +13,12 @@ the speed-ups against FP32. Inputs are real PublicTest faces when --calib is giv
 import argparse
 import json
 import os
-import platform
 import sys
 import time
 
 import numpy as np
+
+from fer_edge.cli.bench import machine_info
 
 
 def build_parser():
@@ -35,17 +36,6 @@ def build_parser():
     p.add_argument("--threads", type=int, default=0, help="ONNX Runtime intra-op threads, 0 = its default (default: %(default)s)")
     p.add_argument("--json", default=None, help="also write the results to this JSON file (default: none)")
     return p
-
-
-def _cpu_name():
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def _models(args, log):
@@ -103,7 +93,7 @@ def main(argv=None):
     result = {
         "model": os.path.abspath(args.model), "architecture": meta.architecture, "batch": args.batch,
         "rounds": args.rounds, "iters": args.iters, "threads": args.threads or "onnxruntime default",
-        "onnxruntime": ort.__version__, "cpu": _cpu_name(), "cpu_count": os.cpu_count(),
+        "onnxruntime": ort.__version__, "cpu": machine_info()["processor"], "cpu_count": os.cpu_count(),
         "load_average_at_end": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
         "inputs": "PublicTest faces" if args.calib else "random faces",
         "images_per_second": median, "all_rounds": rates,

@@ -205,12 +205,11 @@ def export_checkpoint_model(checkpoint_path, metadata=None, opset=DEFAULT_OPSET,
         (onnx.ModelProto, ModelMetadata, parity dict batch -> max-abs difference).
     """
     require("torch", "train")
-    from fer_edge.metadata import ModelMetadata
-    from training.engine import load_checkpoint, model_from_checkpoint
+    from training.engine import checkpoint_metadata, load_checkpoint, model_from_checkpoint
 
     ckpt = load_checkpoint(checkpoint_path)
     model = model_from_checkpoint(ckpt)
-    meta = metadata or ModelMetadata.from_dict(ckpt["metadata"], checkpoint_path)
+    meta = metadata or checkpoint_metadata(ckpt, checkpoint_path)
     meta = meta.replace(precision="fp32", output="logits")
     proto = export_module(model, meta, opset, exporter)
     check_onnx(proto, checkpoint_path)

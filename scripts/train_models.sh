@@ -17,7 +17,7 @@ run runs/edge_s0 --model vgg_edge --epochs 100 --seed 0
 # The paper's VGG as far as a CPU allows.
 run runs/paper_s0 --model vgg_paper --epochs 30 --lr 0.03 --seed 0
 # A second architecture for the ensemble.
-run runs/half_s1 --model vgg_half --epochs 60 --seed 1
+run runs/half_s1 --model vgg_half --epochs 40 --seed 1
 # Balance strategies under one short budget (vgg_edge, 5 epochs each).
 for b in none class-weight sampler ros smote smote-tomek smote-enn; do
   run runs/balance_$b --model vgg_edge --epochs 5 --balance $b --seed 0

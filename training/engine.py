@@ -191,8 +191,16 @@ def model_metadata(cfg, model, metrics=None):
         input_size=model.default_cfg["input_size"], context_size=model.default_cfg["context_size"],
         mean=cfg.mean, std=cfg.std, architecture=cfg.model,
         trained_on="FER2013 Training usage (28,709 images); best epoch selected on PublicTest",
-        metrics=metrics or {},
+        metrics=metrics or {}, extra={"tta": cfg.eval_tta},
     )
+
+
+def checkpoint_metadata(ckpt, source="checkpoint"):
+    """The ModelMetadata of a checkpoint dict; the recommended TTA is the one its best epoch was chosen with."""
+    meta = ModelMetadata.from_dict(ckpt["metadata"], source)
+    if "tta" not in meta.extra:  # checkpoints written before the field existed
+        meta = meta.replace(extra={**meta.extra, "tta": ckpt.get("config", {}).get("eval_tta", "none")})
+    return meta
 
 
 def save_checkpoint(path, state):

@@ -64,14 +64,13 @@ def score_checkpoint(path, images, tta, batch_size):
     from fer_edge.errors import require
 
     require("torch", "train")
-    from .engine import load_checkpoint, model_from_checkpoint, predict_logits
+    from .engine import checkpoint_metadata, load_checkpoint, model_from_checkpoint, predict_logits
 
     ckpt = load_checkpoint(path)
-    meta = ckpt.get("metadata", {})
-    tta = tta or meta.get("extra", {}).get("tta", "none")
+    meta = checkpoint_metadata(ckpt, path)
+    tta = tta or meta.extra["tta"]
     model = model_from_checkpoint(ckpt)
-    logits = predict_logits(model, images, tta, batch_size=batch_size, mean=meta.get("mean", 0.5),
-                            std=meta.get("std", 0.5))
+    logits = predict_logits(model, images, tta, batch_size=batch_size, mean=meta.mean, std=meta.std)
     return logits, tta
 
 
