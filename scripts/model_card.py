@@ -95,13 +95,15 @@ def main(argv=None):
         mark = " (default)" if tta == default_tta else ""
         lines.append(f"| {tta}{mark} | {r['top1'] * 100:.2f}% | {r['top2'] * 100:.2f}% | {r['top3'] * 100:.2f}% | "
                      f"{r['weighted_accuracy'] * 100:.2f}% | {r['macro_f1'] * 100:.2f}% |")
+    weakest = min(main_report["per_class"], key=lambda r: r["recall"])
     lines += ["", f"Per class, TTA `{default_tta}`:", "", per_class, "", "Confusion matrix, TTA "
               f"`{default_tta}` (rows: true class, columns: predicted):", "", cm, "",
               "## Limits",
               "- FER2013 is low-resolution, mostly frontal web imagery with noisy labels; human accuracy on it is"
               " about 65%. Expect lower accuracy on faces unlike it (profile views, heavy occlusion, children,"
               " unusual lighting) and on posed-expression datasets whose label conventions differ.",
-              "- `disgust` has 436 training images; its recall is the weakest.",
+              f"- Weakest class by recall: `{weakest['class']}` ({weakest['recall']:.3f}); `disgust` has only 436"
+              " training images, so its figures rest on 56 PublicTest faces.",
               "- Expressions are not emotions: the model reports what a face looks like, not what a person feels.",
               ""]
     with open(args.out, "w") as fh:
