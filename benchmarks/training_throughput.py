@@ -1,7 +1,8 @@
 """Training throughput (images/s) of each registered model on this machine.
 
-One training step = batched augmentation + forward + backward + SGD step on a batch of 48x48 faces,
-exactly what fer-train does. bf16 autocast and float32 are measured in turns, so their ratio is fair.
+One training step = batched augmentation + forward + backward + SGD step on a batch of 48x48 faces: the
+operations of fer-train's step (training/engine.py), restated here without its schedule, label
+smoothing and bookkeeping, which cost little next to the network. bf16 autocast and float32 are measured in turns, so their ratio is fair.
 
     python benchmarks/training_throughput.py --models vgg_edge vgg_half vgg_paper --json out.json
 """

@@ -40,6 +40,7 @@ def main(argv=None):
     from fer_edge.cli.bench import machine_info
     from fer_edge.datasets import load_fer2013
     from fer_edge.metrics import evaluate
+    from training.eval_cli import TTA_CHOICES, score_onnx
 
     history = json.load(open(os.path.join(args.run, "metrics.json")))
     config = json.load(open(os.path.join(args.run, "config.json")))
@@ -51,9 +52,8 @@ def main(argv=None):
         info = rt.info()
         meta = info["metadata"]
         default_tta = info.get("tta")
-    for tta in ("none", "flip", "tencrop"):
-        with Runtime(args.model, detector=None, tta=tta) as rt:
-            scores = np.concatenate([rt.predict_faces(data.images[i:i + 256]) for i in range(0, len(data), 256)])
+    for tta in TTA_CHOICES:  # fer-eval's own scoring, so `fer-eval MODEL --tta MODE` reproduces each row
+        scores, _ = score_onnx(args.model, data.images, tta, "auto", 256, progress=False)
         reports[tta] = evaluate(data.labels, scores)
     main_report = reports[default_tta]
     per_class, cm = _table(main_report)
@@ -83,7 +83,7 @@ def main(argv=None):
         f"({os.cpu_count()} cores, no GPU), shared with other work at times; "
         f"median {np.median([r['images_per_second'] for r in history]):.0f} training images/s.",
         "",
-        "## PublicTest results (3,589 faces)",
+        f"## PublicTest results ({len(data):,} faces)",
         "Measured by `fer-eval " + os.path.relpath(args.model) + f" --data {args.data} --split public --tta MODE`"
         " (the runtime's own preprocessing). PublicTest also selected the epoch, so these figures are a"
         " little optimistic; FER2013's PrivateTest was not available to this project.",
@@ -96,14 +96,15 @@ def main(argv=None):
         lines.append(f"| {tta}{mark} | {r['top1'] * 100:.2f}% | {r['top2'] * 100:.2f}% | {r['top3'] * 100:.2f}% | "
                      f"{r['weighted_accuracy'] * 100:.2f}% | {r['macro_f1'] * 100:.2f}% |")
     weakest = min(main_report["per_class"], key=lambda r: r["recall"])
+    disgust = next(r for r in main_report["per_class"] if r["class"] == "disgust")
     lines += ["", f"Per class, TTA `{default_tta}`:", "", per_class, "", "Confusion matrix, TTA "
               f"`{default_tta}` (rows: true class, columns: predicted):", "", cm, "",
               "## Limits",
               "- FER2013 is low-resolution, mostly frontal web imagery with noisy labels; human accuracy on it is"
-              " about 65%. Expect lower accuracy on faces unlike it (profile views, heavy occlusion, children,"
+              " about 65% (Goodfellow et al., 2013). Expect lower accuracy on faces unlike it (profile views, heavy occlusion, children,"
               " unusual lighting) and on posed-expression datasets whose label conventions differ.",
               f"- Weakest class by recall: `{weakest['class']}` ({weakest['recall']:.3f}); `disgust` has only 436"
-              " training images, so its figures rest on 56 PublicTest faces.",
+              f" training images, so its figures rest on {disgust['support']} PublicTest faces.",
               "- Expressions are not emotions: the model reports what a face looks like, not what a person feels.",
               ""]
     with open(args.out, "w") as fh:

@@ -16,10 +16,12 @@ run() {  # run OUT ARGS...: train unless OUT/metrics.json already covers every e
 run runs/edge_s0 --model vgg_edge --epochs 90 --seed 0
 # Balance strategies under one short budget (vgg_edge, 2 epochs each); wall time and peak memory of each
 # whole run (resampling included, on a cold resampling cache) go to runs/balance_*/resources.txt.
+export -f run
+export DATA
 for b in none class-weight sampler ros smote smote-tomek smote-enn; do
   mkdir -p runs/balance_$b
   /usr/bin/time -f "$b: %e s wall, %M KB max RSS" -a -o runs/balance_$b/resources.txt \
-    bash -c "$(declare -f run); DATA='$DATA'; run runs/balance_$b --model vgg_edge --epochs 2 --balance $b --seed 0"
+    bash -c 'run "$@"' run runs/balance_$b --model vgg_edge --epochs 2 --balance $b --seed 0
 done
 # The paper's VGG as far as the session allowed (about 3 minutes per epoch here; 300 on a GPU in the paper).
 run runs/paper_s0 --model vgg_paper --epochs "${PAPER_EPOCHS:-3}" --lr 0.03 --seed 0
