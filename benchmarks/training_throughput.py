@@ -1,8 +1,9 @@
 """Training throughput (images/s) of each registered model on this machine.
 
-One training step = batched augmentation + forward + backward + SGD step on a batch of 48x48 faces: the
-operations of fer-train's step (training/engine.py), restated here without its schedule, label
-smoothing and bookkeeping, which cost little next to the network. bf16 autocast and float32 are measured in turns, so their ratio is fair.
+One training step is fer-train's own ``training.engine.training_step`` (batched augmentation, forward under
+autocast, label-smoothed loss, backward, SGD step) on a batch of random 48x48 faces with the default
+TrainConfig; the schedule and per-epoch bookkeeping are left out, as they cost little next to the network.
+bf16 autocast and float32 are measured in turns, so their ratio is fair.
 
     python benchmarks/training_throughput.py --models vgg_edge vgg_half vgg_paper --json out.json
 """
@@ -13,30 +14,26 @@ import sys
 import time
 
 import torch
-import torch.nn.functional as F
 
 from fer_edge.cli.bench import machine_info
-from training.augment import augment_batch
+from training.augment import AugmentConfig
+from training.engine import TrainConfig, build_optimizer, training_step
 from training.models import count_macs, create_model
 
 
 def measure(name, amp, batch, steps, warmup=2):
     """Median images/s over ``steps`` timed training steps."""
     torch.manual_seed(0)
+    cfg = TrainConfig(model=name, amp=amp, batch_size=batch)
     model = create_model(name).to(memory_format=torch.channels_last).train()
-    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, nesterov=True)
+    opt, _ = build_optimizer(cfg, model, steps_per_epoch=warmup + steps)
     faces = torch.randint(0, 256, (batch, 1, 48, 48), dtype=torch.uint8)
     labels = torch.randint(0, 7, (batch,))
+    aug_gen = torch.Generator().manual_seed(1)
     times = []
     for i in range(warmup + steps):
         start = time.perf_counter()
-        x = augment_batch(faces, model.default_cfg["input_size"], 0.5, 0.5).contiguous(memory_format=torch.channels_last)
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
-            out = model(x)
-        loss = F.cross_entropy(out.float(), labels)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+        training_step(model, opt, faces, labels, cfg, model.default_cfg["input_size"], AugmentConfig(), aug_gen)
         if i >= warmup:
             times.append(time.perf_counter() - start)
     times.sort()

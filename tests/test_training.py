@@ -10,7 +10,8 @@ torch = pytest.importorskip("torch")
 
 from training import balance  # noqa: E402
 from training.augment import augment_batch, tta_views  # noqa: E402
-from training.engine import TrainConfig, load_checkpoint, model_from_checkpoint, predict_logits, train  # noqa: E402
+from training.engine import (  # noqa: E402
+    TrainConfig, build_optimizer, load_checkpoint, model_from_checkpoint, predict_logits, train, training_step)
 from training.ensemble import Ensemble, combine, fit_weights  # noqa: E402
 from training.models import count_macs, count_parameters, create_model, list_models  # noqa: E402
 from tests.conftest import synthetic_faces, write_folders  # noqa: E402
@@ -63,6 +64,32 @@ def test_loss_falls_and_files_written(small_tree, tmp_path):
         assert (tmp_path / "run" / name).is_file(), name
     best = load_checkpoint(str(tmp_path / "run" / "best.pt"))
     assert best["metadata"]["metrics"]["split"] == "public"
+
+
+def test_training_step_descends_and_benchmark_times_it():
+    torch.manual_seed(0)
+    cfg = TrainConfig(model="vgg_tiny", amp=False, lr=0.01, label_smoothing=0.0)
+    model = create_model("vgg_tiny").train()
+    for m in model.modules():  # dropout would make the two losses below incomparable
+        if isinstance(m, torch.nn.Dropout):
+            m.p = 0.0
+    opt, _ = build_optimizer(cfg, model, steps_per_epoch=1)
+    opt.param_groups[0]["lr"] = opt.param_groups[1]["lr"] = 0.01
+    faces, labels = synthetic_faces(16, 4)
+    faces, labels = torch.from_numpy(faces).unsqueeze(1), torch.from_numpy(labels)
+    size = model.default_cfg["input_size"]
+    # Without augmentation the same batch is seen twice, so a gradient step at a small rate lowers its loss.
+    first, logits = training_step(model, opt, faces, labels, cfg, size)
+    assert logits.dtype == torch.float32 and logits.shape == (16, 7)
+    second, _ = training_step(model, opt, faces, labels, cfg, size)
+    assert second.item() < first.item()
+    sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "benchmarks"))
+    try:
+        import training_throughput
+    finally:
+        sys.path.pop(0)
+    rate = training_throughput.measure("vgg_tiny", True, batch=8, steps=1, warmup=0)
+    assert np.isfinite(rate) and rate > 0
 
 
 def test_resume_is_exact(small_tree, tmp_path):

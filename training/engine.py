@@ -236,6 +236,35 @@ def model_from_checkpoint(ckpt):
 # The loop
 
 
+def training_step(model, opt, raw, y, cfg, input_size, aug_cfg=None, aug_gen=None, loss_weights=None,
+                  teacher_logits=None):
+    """One optimisation step on a batch of uint8 faces; returns (loss, float32 logits).
+
+    Augments on the batch's device (or takes the centre crop when ``aug_cfg`` is None), runs the forward
+    pass under ``cfg.amp`` autocast, adds the distillation term when teacher logits are given, and steps
+    the optimizer. The learning-rate scheduler stays with the caller: it is stepped per batch or per epoch.
+    benchmarks/training_throughput.py times this same function.
+    """
+    if aug_cfg is not None:
+        x = augment_batch(raw, input_size, cfg.mean, cfg.std, aug_cfg, aug_gen)
+    else:
+        x = tta_views(raw, input_size, cfg.mean, cfg.std, "none")[0]
+    x = x.contiguous(memory_format=torch.channels_last) if cfg.channels_last else x
+    with _autocast(raw.device, cfg.amp):
+        logits = model(x)
+    logits = logits.float()
+    loss = F.cross_entropy(logits, y, weight=loss_weights, label_smoothing=cfg.label_smoothing)
+    if teacher_logits is not None:
+        t = cfg.distill_temperature
+        soft = F.kl_div(F.log_softmax(logits / t, 1), F.softmax(teacher_logits / t, 1),
+                        reduction="batchmean") * t * t
+        loss = (1 - cfg.distill_alpha) * loss + cfg.distill_alpha * soft
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    return loss, logits
+
+
 class _Logger:
     def __init__(self, path, enabled):
         self.path, self.enabled = path, enabled
@@ -350,25 +379,9 @@ def train(cfg, resume=False, stop_after=None, epochs=None):
             bar = tqdm(bar, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False, dynamic_ncols=True)
         for step in bar:
             idx = local[step * per_rank_batch:(step + 1) * per_rank_batch]
-            raw = images_t[idx]
-            if aug_cfg is not None:
-                x = augment_batch(raw, input_size, cfg.mean, cfg.std, aug_cfg, aug_gen)
-            else:
-                x = tta_views(raw, input_size, cfg.mean, cfg.std, "none")[0]
-            x = x.contiguous(memory_format=torch.channels_last) if cfg.channels_last else x
             y = labels_t[idx]
-            with _autocast(device, cfg.amp):
-                logits = train_model(x)
-            logits = logits.float()
-            loss = F.cross_entropy(logits, y, weight=loss_weights, label_smoothing=cfg.label_smoothing)
-            if teacher is not None:
-                t = cfg.distill_temperature
-                soft = F.kl_div(F.log_softmax(logits / t, 1), F.softmax(teacher[idx] / t, 1),
-                                reduction="batchmean") * t * t
-                loss = (1 - cfg.distill_alpha) * loss + cfg.distill_alpha * soft
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+            loss, logits = training_step(train_model, opt, images_t[idx], y, cfg, input_size, aug_cfg, aug_gen,
+                                         loss_weights, None if teacher is None else teacher[idx])
             if cfg.schedule != "plateau":
                 sched.step()
             total_loss += loss.item() * len(y)
