@@ -1,5 +1,6 @@
 """What every fer_edge command shares: user errors become one line on stderr and an exit code."""
 
+import os
 import sys
 
 from .errors import FerEdgeError
@@ -13,7 +14,8 @@ def run_main(prog, body):
         body: callable returning the exit code.
 
     Returns:
-        The exit code: body's, 2 for a user error, 130 when interrupted.
+        The exit code: body's, 2 for a user error, 130 when interrupted, 141 (as for SIGPIPE) when
+        stdout was closed early.
     """
     try:
         return body() or 0
@@ -27,3 +29,8 @@ def run_main(prog, body):
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # The reader went away (``fer-eval ... | head``): not an error of ours. Point stdout at devnull so
+        # the interpreter's final flush does not raise a second time.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141

@@ -60,3 +60,18 @@ def test_missing_extra_is_one_line_naming_it(tmp_path):
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "fer_edge[train]" in lines[0] and "Traceback" not in result.stderr
+
+
+def test_stdout_closed_early_ends_quietly():
+    # `fer-eval ... | head` closes the pipe while the command still prints: exit like SIGPIPE, no traceback.
+    code = ("import sys\nfrom fer_edge.cli_common import run_main\n"
+            "def body():\n"
+            "    for i in range(200000):\n"
+            "        print('line', i)\n"
+            "sys.exit(run_main('fer-test', body))\n")
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdout.readline().startswith(b"line 0")
+    proc.stdout.close()
+    stderr = proc.stderr.read().decode()
+    assert proc.wait(timeout=60) == 141
+    assert "Traceback" not in stderr and "BrokenPipe" not in stderr, stderr
