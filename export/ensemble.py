@@ -39,11 +39,16 @@ def check_compatible(metas, names):
 def ensemble_metadata(metas, names, weights):
     """The metadata of the ensemble: the members' preprocessing, probabilities out, members listed in extra."""
     archs = [m.architecture for m in metas]
-    return metas[0].replace(
-        output="probabilities", precision="fp32", architecture=f"ensemble({'+'.join(archs)})", metrics={},
-        extra={"ensemble": {"members": [str(n) for n in names], "architectures": archs,
-                            "weights": [float(w) for w in weights],
-                            "member_metrics": [m.metrics for m in metas]}})
+    extra = {"ensemble": {"members": [str(n) for n in names], "architectures": archs,
+                          "weights": [float(w) for w in weights],
+                          "member_metrics": [m.metrics for m in metas]}}
+    # The runtime applies the TTA a model recommends; without this the ensemble would run every member
+    # with none, below the accuracy each member was selected at. Members that disagree recommend nothing.
+    ttas = {m.extra.get("tta") for m in metas}
+    if len(ttas) == 1 and None not in ttas:
+        extra["tta"] = ttas.pop()
+    return metas[0].replace(output="probabilities", precision="fp32", architecture=f"ensemble({'+'.join(archs)})",
+                            metrics={}, extra=extra)
 
 
 def export_checkpoint_ensemble(paths, weights=None, opset=DEFAULT_OPSET, exporter="torchscript"):

@@ -25,3 +25,12 @@ for b in none class-weight sampler ros smote smote-tomek smote-enn; do
 done
 # The paper's VGG as far as the session allowed (about 3 minutes per epoch here; 300 on a GPU in the paper).
 run runs/paper_s0 --model vgg_paper --epochs "${PAPER_EPOCHS:-3}" --lr 0.03 --seed 0
+# Ensemble members: different seeds and architectures on the shipped recipe (about 50 s per epoch each).
+run runs/half_s1 --model vgg_half --epochs 55 --seed 1
+run runs/edge_s2 --model vgg_edge --epochs 55 --seed 2
+run runs/edge_s3 --model vgg_edge --epochs 70 --seed 3
+# The ensemble rows: members averaged as probabilities (equal weights), then as one exported ONNX graph.
+MEMBERS="runs/half_s1/best.pt runs/edge_s2/best.pt runs/edge_s3/best.pt"
+fer-eval runs/edge_s0/best.pt $MEMBERS --data "$DATA" --no-progress --json runs/ensemble_eval.json
+fer-export runs/edge_s0/best.pt --ensemble $MEMBERS -o runs/ensemble.onnx
+fer-eval runs/ensemble.onnx --data "$DATA" --no-progress --json runs/ensemble_onnx_eval.json
