@@ -62,12 +62,15 @@ def test_missing_extra_is_one_line_naming_it(tmp_path):
     assert len(lines) == 1 and "fer_edge[train]" in lines[0] and "Traceback" not in result.stderr
 
 
-def test_stdout_closed_early_ends_quietly():
-    # `fer-eval ... | head` closes the pipe while the command still prints: exit like SIGPIPE, no traceback.
+def test_stdout_closed_early_ends_quietly(tmp_path):
+    # `fer-train ... | head` closes the pipe while the command still prints: the command finishes its work
+    # (here: the file it writes after printing), then exits like SIGPIPE, without a traceback.
+    done = tmp_path / "done"
     code = ("import sys\nfrom fer_edge.cli_common import run_main\n"
             "def body():\n"
             "    for i in range(200000):\n"
             "        print('line', i)\n"
+            f"    open({str(done)!r}, 'w').write('ok')\n"
             "sys.exit(run_main('fer-test', body))\n")
     proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     assert proc.stdout.readline().startswith(b"line 0")
@@ -75,3 +78,4 @@ def test_stdout_closed_early_ends_quietly():
     stderr = proc.stderr.read().decode()
     assert proc.wait(timeout=60) == 141
     assert "Traceback" not in stderr and "BrokenPipe" not in stderr, stderr
+    assert done.read_text() == "ok"

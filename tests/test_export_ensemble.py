@@ -75,8 +75,8 @@ def test_bad_weights_are_refused():
 
 def test_ensemble_recommends_its_members_common_tta():
     # The runtime applies the recommended TTA; members selected with flip must run with flip as an ensemble.
-    flip, tencrop, unset = (tiny_metadata(extra={"tta": t}) for t in ("flip", "tencrop", None))
-    unset.extra.pop("tta")
+    flip, tencrop = tiny_metadata(extra={"tta": "flip"}), tiny_metadata(extra={"tta": "tencrop"})
+    unset = tiny_metadata()
     assert ens.ensemble_metadata([flip, flip], ["a", "b"], [0.5, 0.5]).extra["tta"] == "flip"
     assert "tta" not in ens.ensemble_metadata([flip, tencrop], ["a", "b"], [0.5, 0.5]).extra
     assert "tta" not in ens.ensemble_metadata([flip, unset], ["a", "b"], [0.5, 0.5]).extra

@@ -134,6 +134,7 @@ def _run(args):
         title = (f"ensemble of {len(members)} on {args.split} ({len(data)} faces, weights "
                  f"{'fit on this split' if args.fit_weights else (weights or 'equal')})")
     report.update({"data": os.path.abspath(args.data), "split": args.split})
+    print(format_report(report, title=title))
     if args.json:
         from fer_edge.io_utils import atomic_write_text
 
@@ -148,8 +149,6 @@ def _run(args):
 
         with atomic_output(args.save_scores, suffix=".npy") as tmp:
             np.save(tmp, scores)
-    # Printed last: the files above are written even when stdout is a pipe closed early (| head).
-    print(format_report(report, title=title))
     return 0
 
 
