@@ -34,3 +34,10 @@ MEMBERS="runs/half_s1/best.pt runs/edge_s2/best.pt runs/edge_s3/best.pt"
 fer-eval runs/edge_s0/best.pt $MEMBERS --data "$DATA" --no-progress --json runs/ensemble_eval.json
 fer-export runs/edge_s0/best.pt --ensemble $MEMBERS -o runs/ensemble.onnx
 fer-eval runs/ensemble.onnx --data "$DATA" --no-progress --json runs/ensemble_onnx_eval.json
+# A later session's longer members (the second ensemble rows): same recipe, more epochs.
+run runs/edge_s4 --model vgg_edge --epochs 75 --seed 4
+run runs/half_s5 --model vgg_half --epochs 65 --seed 5
+fer-eval runs/edge_s0/best.pt runs/edge_s4/best.pt --data "$DATA" --no-progress --json runs/pair_eval.json
+fer-eval runs/edge_s0/best.pt runs/edge_s4/best.pt runs/half_s5/best.pt --data "$DATA" --no-progress --json runs/ensemble3_eval.json
+fer-eval runs/edge_s0/best.pt runs/edge_s4/best.pt runs/half_s5/best.pt --data "$DATA" --no-progress --fit-weights \
+  --json runs/ensemble3_fit.json
