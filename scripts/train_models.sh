@@ -38,6 +38,6 @@ fer-eval runs/ensemble.onnx --data "$DATA" --no-progress --json runs/ensemble_on
 run runs/edge_s4 --model vgg_edge --epochs 75 --seed 4
 run runs/half_s5 --model vgg_half --epochs 65 --seed 5
 fer-eval runs/edge_s0/best.pt runs/edge_s4/best.pt --data "$DATA" --no-progress --json runs/pair_eval.json
-fer-eval runs/edge_s0/best.pt runs/edge_s4/best.pt runs/half_s5/best.pt --data "$DATA" --no-progress --json runs/ensemble3_eval.json
-fer-eval runs/edge_s0/best.pt runs/edge_s4/best.pt runs/half_s5/best.pt --data "$DATA" --no-progress --fit-weights \
-  --json runs/ensemble3_fit.json
+LONG_MEMBERS="runs/edge_s0/best.pt runs/edge_s4/best.pt runs/half_s5/best.pt"
+fer-eval $LONG_MEMBERS --data "$DATA" --no-progress --json runs/ensemble3_eval.json
+fer-eval $LONG_MEMBERS --data "$DATA" --no-progress --fit-weights --json runs/ensemble3_fit.json
