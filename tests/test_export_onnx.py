@@ -35,6 +35,23 @@ def test_onnx_matches_pytorch(exported, batch):
     assert np.abs(got - ref).max() < 1e-4
 
 
+def test_residual_model_exports_with_parity():
+    from training.models import create_model
+
+    torch.manual_seed(1)
+    model = create_model("resnet_edge")
+    with torch.no_grad():  # non-trivial BN scales, so the residual branches and shortcuts both count
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.weight.uniform_(0.5, 1.5)
+                m.running_var.uniform_(0.5, 1.5)
+    model.eval()
+    meta = tiny_metadata(architecture="resnet_edge")
+    proto = onnx_export.export_module(model, meta)
+    assert max(onnx_export.compare_with_torch(proto, model, meta).values()) < 1e-4
+    assert any(node.op_type == "Add" for node in proto.graph.node)  # the skip connections survived
+
+
 def test_parity_check_reports_batch_1_and_64(exported):
     model, meta, proto = exported
     diffs = onnx_export.compare_with_torch(proto, model, meta)

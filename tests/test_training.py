@@ -33,7 +33,7 @@ def small_tree(tmp_path, cache_dir):
 
 
 def test_registry_and_budgets():
-    assert {"vgg_paper", "vgg_edge", "vgg_tiny"} <= set(list_models())
+    assert {"vgg_paper", "vgg_edge", "vgg_half", "resnet_edge", "vgg_tiny"} <= set(list_models())
     with pytest.raises(ValueError, match="known models: .*vgg_edge"):
         create_model("resnet9000")
     edge = create_model("vgg_edge")
@@ -44,6 +44,30 @@ def test_registry_and_budgets():
     linears = [m for m in paper.classifier if isinstance(m, torch.nn.Linear)]
     assert [(l.in_features, l.out_features) for l in linears] == [(2048, 4096), (4096, 4096), (4096, 7)]
     assert paper(torch.zeros(2, 1, 40, 40)).shape == (2, 7)
+
+
+def test_resnet_edge_shapes_and_learning():
+    model = create_model("resnet_edge").eval()
+    # The docstring's figures: an ensemble member, not held to vgg_edge's 150 MFLOPs budget.
+    assert round(count_parameters(model) / 1e6, 2) == 1.21 and round(count_macs(model) / 1e6, 1) == 83.7
+    assert model(torch.zeros(3, 1, 40, 40)).shape == (3, 7)
+    # Strided blocks halve the side and a projection shortcut meets the new width; both paths carry signal.
+    block = model.features[4]
+    x = torch.randn(2, block.body[0].in_channels, 10, 10)
+    with torch.no_grad():
+        out, branch, skip = block(x), block.body(x), block.shortcut(x)
+    assert out.shape == (2, 64, 5, 5) and branch.abs().sum() > 0 and skip.abs().sum() > 0
+    # The residual net learns under the same training step as the VGGs.
+    cfg = TrainConfig(model="resnet_edge", amp=False, lr=0.01, label_smoothing=0.0)
+    model = create_model("resnet_edge", dropout=0.0).train()
+    opt, _ = build_optimizer(cfg, model, steps_per_epoch=1)
+    opt.param_groups[0]["lr"] = opt.param_groups[1]["lr"] = 0.01
+    faces, labels = synthetic_faces(16, 5)
+    faces, labels = torch.from_numpy(faces).unsqueeze(1), torch.from_numpy(labels)
+    first, _ = training_step(model, opt, faces, labels, cfg, 40)
+    for _ in range(3):
+        last, _ = training_step(model, opt, faces, labels, cfg, 40)
+    assert last.item() < first.item()
 
 
 def test_augment_shapes_and_determinism():
