@@ -5,7 +5,7 @@ autocast, label-smoothed loss, backward, SGD step) on a batch of random 48x48 fa
 TrainConfig; the schedule and per-epoch bookkeeping are left out, as they cost little next to the network.
 bf16 autocast and float32 are measured in turns, so their ratio is fair.
 
-    python benchmarks/training_throughput.py --models vgg_edge vgg_half vgg_paper --json out.json
+    python benchmarks/training_throughput.py --models vgg_edge vgg_half resnet_edge vgg_paper --json out.json
 """
 
 import argparse
@@ -42,7 +42,7 @@ def measure(name, amp, batch, steps, warmup=2):
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--models", nargs="+", default=["vgg_edge", "vgg_half", "vgg_paper"], help="(default: %(default)s)")
+    p.add_argument("--models", nargs="+", default=["vgg_edge", "vgg_half", "resnet_edge", "vgg_paper"], help="(default: %(default)s)")
     p.add_argument("--batch", type=int, default=128, help="(default: %(default)s)")
     p.add_argument("--steps", type=int, default=8, help="timed steps per setting (default: %(default)s)")
     p.add_argument("--json", help="write results as JSON (default: none)")
