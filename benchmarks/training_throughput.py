@@ -42,7 +42,8 @@ def measure(name, amp, batch, steps, warmup=2):
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--models", nargs="+", default=["vgg_edge", "vgg_half", "resnet_edge", "vgg_paper"], help="(default: %(default)s)")
+    p.add_argument("--models", nargs="+", default=["vgg_edge", "vgg_half", "resnet_edge", "vgg_paper"],
+                   help="(default: %(default)s)")
     p.add_argument("--batch", type=int, default=128, help="(default: %(default)s)")
     p.add_argument("--steps", type=int, default=8, help="timed steps per setting (default: %(default)s)")
     p.add_argument("--json", help="write results as JSON (default: none)")

@@ -133,8 +133,9 @@ class FerResNet(nn.Module):
         self.classifier = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(dropout),
                                         nn.Linear(channels, num_classes))
         self.default_cfg = {"input_size": input_size, "context_size": 48, "num_classes": num_classes}
-        # Residual branches keep BN's unit scale: zero-initialising them (as deep ResNets do) left this
-        # shallow net, whose 1x1 strided shortcuts see one pixel in 64, at chance for 3 epochs on FER2013.
+        # Residual branches keep BN's unit scale. Zero-initialising them (as deep ResNets do) left this
+        # shallow net at chance for 3 epochs of FER2013 under the one-cycle warm-up: at the start its only
+        # path was the 1x1 strided shortcuts, which together see one pixel in 64.
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
