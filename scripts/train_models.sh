@@ -43,7 +43,6 @@ fer-eval $LONG_MEMBERS --data "$DATA" --no-progress --json runs/ensemble3_eval.j
 fer-eval $LONG_MEMBERS --data "$DATA" --no-progress --fit-weights --json runs/ensemble3_fit.json
 # Diversity instead of length (the third ensemble rows): a residual member beside the VGGs.
 run runs/res_s6 --model resnet_edge --epochs 55 --seed 6
-MIXED_MEMBERS="runs/edge_s0/best.pt runs/edge_s4/best.pt"
-fer-eval $MIXED_MEMBERS runs/res_s6/best.pt --data "$DATA" --no-progress --json runs/mixed3_eval.json
+fer-eval runs/edge_s0/best.pt runs/edge_s4/best.pt runs/res_s6/best.pt --data "$DATA" --no-progress --json runs/mixed3_eval.json
 fer-eval $LONG_MEMBERS runs/res_s6/best.pt --data "$DATA" --no-progress --json runs/mixed4_eval.json
 fer-eval $LONG_MEMBERS runs/res_s6/best.pt --data "$DATA" --no-progress --fit-weights --json runs/mixed4_fit.json

@@ -36,16 +36,7 @@ def test_onnx_matches_pytorch(exported, batch):
 
 
 def test_residual_model_exports_with_parity():
-    from training.models import create_model
-
-    torch.manual_seed(1)
-    model = create_model("resnet_edge")
-    with torch.no_grad():  # non-trivial BN scales, so the residual branches and shortcuts both count
-        for m in model.modules():
-            if isinstance(m, torch.nn.BatchNorm2d):
-                m.weight.uniform_(0.5, 1.5)
-                m.running_var.uniform_(0.5, 1.5)
-    model.eval()
+    model = tiny_model(seed=1, name="resnet_edge")  # non-trivial BN, so branches and shortcuts both count
     meta = tiny_metadata(architecture="resnet_edge")
     proto = onnx_export.export_module(model, meta)
     assert max(onnx_export.compare_with_torch(proto, model, meta).values()) < 1e-4

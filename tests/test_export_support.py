@@ -11,14 +11,15 @@ import numpy as np
 from fer_edge.constants import CLASS_NAMES
 
 
-def tiny_model(seed=0):
-    """vgg_tiny with random weights and non-trivial BatchNorm statistics (so folding BN is exercised)."""
+def tiny_model(seed=0, name="vgg_tiny"):
+    """A registered model (vgg_tiny by default) with random weights and non-trivial BatchNorm statistics
+    (so folding BN is exercised)."""
     import torch
 
     from training.models import create_model
 
     torch.manual_seed(seed)
-    model = create_model("vgg_tiny")
+    model = create_model(name)
     gen = torch.Generator().manual_seed(seed + 100)
     with torch.no_grad():
         for m in model.modules():

@@ -24,6 +24,21 @@ def _cfg(root, out, **kw):
     return TrainConfig(**base)
 
 
+def _plain_step_setup(name, data_seed):
+    """(cfg, model, optimizer, faces, labels) for comparing losses across training steps: float32, no
+    label smoothing, dropout off, a fixed small rate, 16 synthetic faces."""
+    torch.manual_seed(0)
+    cfg = TrainConfig(model=name, amp=False, lr=0.01, label_smoothing=0.0)
+    model = create_model(name).train()
+    for m in model.modules():  # dropout would make losses of successive steps incomparable
+        if isinstance(m, torch.nn.Dropout):
+            m.p = 0.0
+    opt, _ = build_optimizer(cfg, model, steps_per_epoch=1)
+    opt.param_groups[0]["lr"] = opt.param_groups[1]["lr"] = 0.01
+    faces, labels = synthetic_faces(16, data_seed)
+    return cfg, model, opt, torch.from_numpy(faces).unsqueeze(1), torch.from_numpy(labels)
+
+
 @pytest.fixture
 def small_tree(tmp_path, cache_dir):
     root = tmp_path / "data"
@@ -58,12 +73,7 @@ def test_resnet_edge_shapes_and_learning():
         out, branch, skip = block(x), block.body(x), block.shortcut(x)
     assert out.shape == (2, 64, 5, 5) and branch.abs().sum() > 0 and skip.abs().sum() > 0
     # The residual net learns under the same training step as the VGGs.
-    cfg = TrainConfig(model="resnet_edge", amp=False, lr=0.01, label_smoothing=0.0)
-    model = create_model("resnet_edge", dropout=0.0).train()
-    opt, _ = build_optimizer(cfg, model, steps_per_epoch=1)
-    opt.param_groups[0]["lr"] = opt.param_groups[1]["lr"] = 0.01
-    faces, labels = synthetic_faces(16, 5)
-    faces, labels = torch.from_numpy(faces).unsqueeze(1), torch.from_numpy(labels)
+    cfg, model, opt, faces, labels = _plain_step_setup("resnet_edge", 5)
     first, _ = training_step(model, opt, faces, labels, cfg, 40)
     for _ in range(3):
         last, _ = training_step(model, opt, faces, labels, cfg, 40)
@@ -91,16 +101,7 @@ def test_loss_falls_and_files_written(small_tree, tmp_path):
 
 
 def test_training_step_descends_and_benchmark_times_it():
-    torch.manual_seed(0)
-    cfg = TrainConfig(model="vgg_tiny", amp=False, lr=0.01, label_smoothing=0.0)
-    model = create_model("vgg_tiny").train()
-    for m in model.modules():  # dropout would make the two losses below incomparable
-        if isinstance(m, torch.nn.Dropout):
-            m.p = 0.0
-    opt, _ = build_optimizer(cfg, model, steps_per_epoch=1)
-    opt.param_groups[0]["lr"] = opt.param_groups[1]["lr"] = 0.01
-    faces, labels = synthetic_faces(16, 4)
-    faces, labels = torch.from_numpy(faces).unsqueeze(1), torch.from_numpy(labels)
+    cfg, model, opt, faces, labels = _plain_step_setup("vgg_tiny", 4)
     size = model.default_cfg["input_size"]
     # Without augmentation the same batch is seen twice, so a gradient step at a small rate lowers its loss.
     first, logits = training_step(model, opt, faces, labels, cfg, size)
