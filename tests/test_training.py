@@ -215,3 +215,56 @@ def test_torchrun_ddp_gloo_two_processes(small_tree, tmp_path):
     rows = json.loads((out / "metrics.json").read_text())
     assert len(rows) == 2
     assert "world 2" in (out / "train.log").read_text()
+
+
+def test_teacher_scores_are_read_as_logits_and_bad_files_named(tmp_path):
+    from training.distill import load_teacher_logits
+
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=(5, 7)).astype(np.float32)
+    probs = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+    np.save(tmp_path / "probs.npy", probs)  # what fer-eval --save-scores writes
+    np.save(tmp_path / "logits.npy", logits)
+    got = load_teacher_logits(str(tmp_path / "probs.npy"), 5, 7)
+    # Log-probabilities are the logits up to a per-row constant, which softmax ignores.
+    np.testing.assert_allclose(got - got.mean(1, keepdims=True), logits - logits.mean(1, keepdims=True), atol=1e-5)
+    np.testing.assert_array_equal(load_teacher_logits(str(tmp_path / "logits.npy"), 5, 7), logits)
+    with pytest.raises(ValueError, match=r"probs\.npy: teacher scores of shape \(5, 7\), expected \(6, 7\)"):
+        load_teacher_logits(str(tmp_path / "probs.npy"), 6, 7)
+    logits[2, 3] = np.nan
+    np.save(tmp_path / "nan.npy", logits)
+    with pytest.raises(ValueError, match=r"nan\.npy: teacher scores contain NaN"):
+        load_teacher_logits(str(tmp_path / "nan.npy"), 5, 7)
+    (tmp_path / "junk.npy").write_bytes(b"not numpy")
+    with pytest.raises(ValueError, match=r"junk\.npy: cannot read teacher scores"):
+        load_teacher_logits(str(tmp_path / "junk.npy"), 5, 7)
+
+
+def test_distillation_pulls_the_student_towards_the_teacher():
+    cfg, model, opt, faces, labels = _plain_step_setup("vgg_tiny", 6)
+    cfg.distill_alpha = 1.0  # the teacher's term alone
+    size = model.default_cfg["input_size"]
+    # A teacher that disagrees with every label: pure distillation must follow it, not the labels.
+    teacher_class = (labels + 1) % 7
+    teacher = torch.full((16, 7), -3.0)
+    teacher[torch.arange(16), teacher_class] = 3.0
+
+    def mean_mass(classes):
+        # Batch statistics (train mode): five steps leave BN's running averages far from them.
+        with torch.no_grad():
+            x = tta_views(faces, size, cfg.mean, cfg.std, "none")[0]
+            return torch.softmax(model(x), 1)[torch.arange(16), classes].mean().item()
+
+    before = mean_mass(teacher_class)
+    for _ in range(5):
+        training_step(model, opt, faces, labels, cfg, size, teacher_logits=teacher)
+    assert mean_mass(teacher_class) > before + 0.3 and mean_mass(teacher_class) > 2 * mean_mass(labels)
+
+def test_training_reads_fer_eval_scores_as_teacher(small_tree, tmp_path):
+    probs = np.full((112, 7), 1 / 7, dtype=np.float32)  # the 112 training faces of small_tree
+    np.save(tmp_path / "teacher.npy", probs)
+    history = train(_cfg(small_tree, tmp_path / "run", epochs=1, distill=str(tmp_path / "teacher.npy")))
+    assert len(history) == 1 and np.isfinite(history[0]["train_loss"])
+    np.save(tmp_path / "short.npy", probs[:100])
+    with pytest.raises(ValueError, match=r"short\.npy: teacher scores of shape \(100, 7\)"):
+        train(_cfg(small_tree, tmp_path / "run2", epochs=1, distill=str(tmp_path / "short.npy")))

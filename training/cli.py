@@ -48,7 +48,9 @@ def build_parser():
                    help="test-time augmentation used to pick the best epoch on PublicTest (default: %(default)s)")
     p.add_argument("--max-train-samples", type=int, default=d["max_train_samples"],
                    help="train on a seeded subset of this size, 0 = all (default: %(default)s)")
-    p.add_argument("--distill", default="", help="teacher logits .npy for the training images (default: none)")
+    p.add_argument("--distill", default="",
+                   help="teacher scores .npy for the training images, probabilities (fer-eval --split train "
+                        "--save-scores) or logits (default: none)")
     p.add_argument("--distill-alpha", type=float, default=d["distill_alpha"], help="(default: %(default)s)")
     p.add_argument("--distill-temperature", type=float, default=d["distill_temperature"], help="(default: %(default)s)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from last.pt (default: off)")

@@ -22,6 +22,7 @@ from fer_edge.metrics import evaluate as evaluate_scores
 
 from . import balance as balance_mod
 from .augment import AugmentConfig, augment_batch, tta_views
+from .distill import load_teacher_logits
 from .models import count_macs, count_parameters, create_model
 
 
@@ -51,7 +52,7 @@ class TrainConfig:
     eval_tta: str = "flip"  # TTA used to pick the best epoch (what the runtime applies by default)
     max_train_samples: int = 0  # >0: a seeded subset (for budgeted comparisons and tests)
     max_steps: int = 0  # >0: stop each epoch after this many steps (tests)
-    distill: str = ""  # teacher logits .npy (N, 7) for knowledge distillation, aligned with the train split
+    distill: str = ""  # teacher scores .npy (N, 7), probabilities or logits, aligned with the train split
     distill_alpha: float = 0.5
     distill_temperature: float = 4.0
     mean: float = 0.5
@@ -328,11 +329,7 @@ def train(cfg, resume=False, stop_after=None, epochs=None):
         loss_weights = torch.tensor(balance_mod.class_weights(labels, num_classes), device=device)
     teacher = None
     if cfg.distill:
-        teacher = torch.from_numpy(np.load(cfg.distill).astype(np.float32))
-        if teacher.shape != (len(labels), num_classes):
-            raise ValueError(f"{cfg.distill}: teacher logits of shape {tuple(teacher.shape)}, "
-                             f"expected ({len(labels)}, {num_classes}) aligned with the training images")
-        teacher = teacher.to(device)
+        teacher = torch.from_numpy(load_teacher_logits(cfg.distill, len(labels), num_classes)).to(device)
 
     train_model = model
     if world > 1:
