@@ -46,3 +46,21 @@ run runs/res_s6 --model resnet_edge --epochs 55 --seed 6
 fer-eval runs/edge_s0/best.pt runs/edge_s4/best.pt runs/res_s6/best.pt --data "$DATA" --no-progress --json runs/mixed3_eval.json
 fer-eval $LONG_MEMBERS runs/res_s6/best.pt --data "$DATA" --no-progress --json runs/mixed4_eval.json
 fer-eval $LONG_MEMBERS runs/res_s6/best.pt --data "$DATA" --no-progress --fit-weights --json runs/mixed4_fit.json
+# Distillation (the fourth ensemble rows): the four members' averaged probabilities on the training images
+# teach a new vgg_edge (this session scored the shipped ONNX export of runs/edge_s0, the same weights).
+mkdir -p runs/kd
+fer-eval $LONG_MEMBERS runs/res_s6/best.pt --data "$DATA" --split train --no-progress \
+  --save-scores runs/kd/teacher4_train.npy
+run runs/kd_s7 --model vgg_edge --epochs 100 --distill runs/kd/teacher4_train.npy --seed 7
+fer-eval runs/edge_s0/best.pt runs/kd_s7/best.pt --data "$DATA" --no-progress --json runs/kd_pair_eval.json
+fer-eval runs/edge_s0/best.pt runs/kd_s7/best.pt runs/edge_s4/best.pt --data "$DATA" --no-progress --json runs/kd3_eval.json
+fer-eval $LONG_MEMBERS runs/res_s6/best.pt runs/kd_s7/best.pt --data "$DATA" --no-progress --json runs/kd5_eval.json
+fer-eval $LONG_MEMBERS runs/res_s6/best.pt runs/kd_s7/best.pt --data "$DATA" --no-progress --fit-weights \
+  --json runs/kd5_fit.json
+# Why the ensembles gain little: disagreement with the shipped model and every subset, from saved scores.
+mkdir -p runs/pub
+for m in edge_s0 edge_s4 half_s5 res_s6 kd_s7; do
+  fer-eval runs/$m/best.pt --data "$DATA" --no-progress --save-scores runs/pub/$m.npy > /dev/null
+done
+python scripts/ensemble_diversity.py --data "$DATA" runs/pub/edge_s0.npy runs/pub/edge_s4.npy runs/pub/half_s5.npy \
+  runs/pub/res_s6.npy runs/pub/kd_s7.npy

@@ -268,3 +268,39 @@ def test_training_reads_fer_eval_scores_as_teacher(small_tree, tmp_path):
     np.save(tmp_path / "short.npy", probs[:100])
     with pytest.raises(ValueError, match=r"short\.npy: teacher scores of shape \(100, 7\)"):
         train(_cfg(small_tree, tmp_path / "run2", epochs=1, distill=str(tmp_path / "short.npy")))
+
+
+def test_diversity_counts_disagreements_and_ranks_subsets():
+    from training.diversity import disagreement, subset_accuracies
+
+    labels = np.array([0, 1, 2, 3])
+    # a and b are each right on 3 of 4 faces and disagree on the last two, where the right one is surer.
+    a = np.eye(7)[[0, 1, 2, 0]] * np.array([0.9, 0.9, 0.9, 0.8])[:, None]
+    b = np.eye(7)[[0, 1, 5, 3]] * np.array([0.9, 0.9, 0.8, 0.9])[:, None]
+    c = np.eye(7)[[6, 6, 6, 6]]  # always wrong, and surer than either
+    assert disagreement(a, b, labels) == (0.5, 0.5, 0.5)
+    assert disagreement(a, a, labels) == (0.0, 0.0, 0.0)
+    assert subset_accuracies({"a": a, "b": b, "c": c}, labels) == [
+        (1.0, ("a", "b")), (0.5, ("a", "b", "c")), (0.0, ("a", "c")), (0.0, ("b", "c"))]
+
+
+def test_ensemble_diversity_script_reads_saved_scores(fer_tree, tmp_path, capsys):
+    sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "scripts"))
+    try:
+        import ensemble_diversity
+    finally:
+        sys.path.pop(0)
+    root, _ = fer_tree
+    from fer_edge.datasets import load_fer2013
+
+    labels = load_fer2013(str(root), "public").labels  # the loader's order, as fer-eval saves scores
+    right, wrong = np.eye(7)[labels], np.eye(7)[(labels + 1) % 7]
+    np.save(tmp_path / "right.npy", right)
+    np.save(tmp_path / "wrong.npy", wrong)
+    assert ensemble_diversity.main(["--data", str(root), str(tmp_path / "right.npy"), str(tmp_path / "wrong.npy")]) == 0
+    out = capsys.readouterr().out
+    assert "right: top-1 100.00%" in out and "wrong: top-1 0.00%" in out
+    assert "disagrees with right on 100.0% of faces, where right is right 100% and wrong 0%" in out
+    np.save(tmp_path / "short.npy", right[:5])
+    with pytest.raises(SystemExit, match=r"short\.npy: scores of shape \(5, 7\), expected \(21, 7\)"):
+        ensemble_diversity.main(["--data", str(root), str(tmp_path / "right.npy"), str(tmp_path / "short.npy")])
