@@ -14,6 +14,8 @@ import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
+from fer_edge.cli_common import run_main  # noqa: E402
+from fer_edge.constants import CLASS_NAMES  # noqa: E402
 from fer_edge.datasets import load_fer2013  # noqa: E402
 from training.diversity import disagreement, subset_accuracies  # noqa: E402
 
@@ -22,17 +24,22 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("scores", nargs="+", help="(N, 7) .npy score files from fer-eval --save-scores, reference first")
     p.add_argument("--data", required=True, help="fer2013.csv or the image-folder root")
-    p.add_argument("--split", default="public", choices=("train", "public", "private"))
+    p.add_argument("--split", default="public", choices=("train", "public", "private"),
+                   help="split the scores were saved on (default: %(default)s)")
     p.add_argument("--top", type=int, default=10, help="subsets to print, best first (default: %(default)s)")
     args = p.parse_args(argv)
     labels = load_fer2013(args.data, args.split).labels
     scores = {}
     for path in dict.fromkeys(args.scores):  # a shell glob may repeat the reference
-        s = np.load(path, allow_pickle=False)
-        if s.shape != (len(labels), 7):
+        try:
+            s = np.load(path, allow_pickle=False)
+        except (OSError, ValueError) as e:
+            raise SystemExit(f"ensemble_diversity: error: {path}: cannot read scores ({e})") from None
+        if s.shape != (len(labels), len(CLASS_NAMES)):
             raise SystemExit(f"ensemble_diversity: error: {path}: scores of shape {s.shape}, "
-                             f"expected ({len(labels)}, 7) for the {args.split} split")
-        scores[os.path.splitext(os.path.basename(path))[0]] = s
+                             f"expected ({len(labels)}, {len(CLASS_NAMES)}) for the {args.split} split")
+        name = os.path.splitext(os.path.basename(path))[0]
+        scores[path if name in scores else name] = s  # runs/a/best.npy and runs/b/best.npy stay apart
     names = list(scores)
     ref = names[0]
     for name in names:
@@ -51,4 +58,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_main("ensemble_diversity", main))  # dataset errors as one line, not a traceback

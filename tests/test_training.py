@@ -304,3 +304,11 @@ def test_ensemble_diversity_script_reads_saved_scores(fer_tree, tmp_path, capsys
     np.save(tmp_path / "short.npy", right[:5])
     with pytest.raises(SystemExit, match=r"short\.npy: scores of shape \(5, 7\), expected \(21, 7\)"):
         ensemble_diversity.main(["--data", str(root), str(tmp_path / "right.npy"), str(tmp_path / "short.npy")])
+    (tmp_path / "junk.npy").write_bytes(b"not numpy")
+    with pytest.raises(SystemExit, match=r"junk\.npy: cannot read scores"):
+        ensemble_diversity.main(["--data", str(root), str(tmp_path / "right.npy"), str(tmp_path / "junk.npy")])
+    # Two members saved under the same file name in different runs are kept apart.
+    (tmp_path / "b").mkdir()
+    np.save(tmp_path / "b" / "right.npy", wrong)
+    ensemble_diversity.main(["--data", str(root), str(tmp_path / "right.npy"), str(tmp_path / "b" / "right.npy")])
+    assert f"{tmp_path / 'b' / 'right.npy'}: top-1 0.00%" in capsys.readouterr().out
