@@ -64,3 +64,10 @@ for m in edge_s0 edge_s4 half_s5 res_s6 kd_s7; do
 done
 python scripts/ensemble_diversity.py --data "$DATA" runs/pub/edge_s0.npy runs/pub/edge_s4.npy runs/pub/half_s5.npy \
   runs/pub/res_s6.npy runs/pub/kd_s7.npy
+# A second, shorter student (the six-member row), then the diversity figures with it.
+run runs/kd_half_s8 --model vgg_half --epochs 40 --distill runs/kd/teacher4_train.npy --seed 8
+fer-eval $LONG_MEMBERS runs/res_s6/best.pt runs/kd_s7/best.pt runs/kd_half_s8/best.pt --data "$DATA" --no-progress \
+  --json runs/kd6_eval.json
+fer-eval runs/kd_half_s8/best.pt --data "$DATA" --no-progress --save-scores runs/pub/kd_half_s8.npy > /dev/null
+python scripts/ensemble_diversity.py --data "$DATA" runs/pub/edge_s0.npy runs/pub/edge_s4.npy runs/pub/half_s5.npy \
+  runs/pub/res_s6.npy runs/pub/kd_s7.npy runs/pub/kd_half_s8.npy
