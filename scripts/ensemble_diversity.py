@@ -10,14 +10,13 @@ import argparse
 import os
 import sys
 
-import numpy as np
-
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 from fer_edge.cli_common import run_main  # noqa: E402
 from fer_edge.constants import CLASS_NAMES  # noqa: E402
 from fer_edge.datasets import load_fer2013  # noqa: E402
 from training.diversity import disagreement, subset_accuracies  # noqa: E402
+from training.scores import load_scores  # noqa: E402
 
 
 def main(argv=None):
@@ -32,12 +31,9 @@ def main(argv=None):
     scores = {}
     for path in dict.fromkeys(args.scores):  # a shell glob may repeat the reference
         try:
-            s = np.load(path, allow_pickle=False)
-        except (OSError, ValueError) as e:
-            raise SystemExit(f"ensemble_diversity: error: {path}: cannot read scores ({e})") from None
-        if s.shape != (len(labels), len(CLASS_NAMES)):
-            raise SystemExit(f"ensemble_diversity: error: {path}: scores of shape {s.shape}, "
-                             f"expected ({len(labels)}, {len(CLASS_NAMES)}) for the {args.split} split")
+            s = load_scores(path, len(labels), len(CLASS_NAMES), aligned_with=f"the {args.split} split")
+        except ValueError as e:
+            raise SystemExit(f"ensemble_diversity: error: {e}") from None
         name = os.path.splitext(os.path.basename(path))[0]
         scores[path if name in scores else name] = s  # runs/a/best.npy and runs/b/best.npy stay apart
     names = list(scores)

@@ -1,3 +1,4 @@
+import importlib
 import json
 import os
 import subprocess
@@ -37,6 +38,15 @@ def _plain_step_setup(name, data_seed):
     opt.param_groups[0]["lr"] = opt.param_groups[1]["lr"] = 0.01
     faces, labels = synthetic_faces(16, data_seed)
     return cfg, model, opt, torch.from_numpy(faces).unsqueeze(1), torch.from_numpy(labels)
+
+
+def _import_tool(folder, module):
+    """Import a script that lives in the repository's benchmarks/ or scripts/ folder, not in a package."""
+    sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", folder))
+    try:
+        return importlib.import_module(module)
+    finally:
+        sys.path.pop(0)
 
 
 @pytest.fixture
@@ -108,11 +118,7 @@ def test_training_step_descends_and_benchmark_times_it():
     assert logits.dtype == torch.float32 and logits.shape == (16, 7)
     second, _ = training_step(model, opt, faces, labels, cfg, size)
     assert second.item() < first.item()
-    sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "benchmarks"))
-    try:
-        import training_throughput
-    finally:
-        sys.path.pop(0)
+    training_throughput = _import_tool("benchmarks", "training_throughput")
     rate = training_throughput.measure("vgg_tiny", True, batch=8, steps=1, warmup=0)
     assert np.isfinite(rate) and rate > 0
 
@@ -260,6 +266,7 @@ def test_distillation_pulls_the_student_towards_the_teacher():
         training_step(model, opt, faces, labels, cfg, size, teacher_logits=teacher)
     assert mean_mass(teacher_class) > before + 0.3 and mean_mass(teacher_class) > 2 * mean_mass(labels)
 
+
 def test_training_reads_fer_eval_scores_as_teacher(small_tree, tmp_path):
     probs = np.full((112, 7), 1 / 7, dtype=np.float32)  # the 112 training faces of small_tree
     np.save(tmp_path / "teacher.npy", probs)
@@ -285,11 +292,7 @@ def test_diversity_counts_disagreements_and_ranks_subsets():
 
 
 def test_ensemble_diversity_script_reads_saved_scores(fer_tree, tmp_path, capsys):
-    sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "scripts"))
-    try:
-        import ensemble_diversity
-    finally:
-        sys.path.pop(0)
+    ensemble_diversity = _import_tool("scripts", "ensemble_diversity")
     root, _ = fer_tree
     from fer_edge.datasets import load_fer2013
 

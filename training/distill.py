@@ -8,6 +8,8 @@ by the temperature, which is what distillation means by the teacher's soft targe
 
 import numpy as np
 
+from .scores import load_scores
+
 
 def _are_probabilities(scores):
     # Logits that happen to be non-negative and sum to one on every row are possible but absurd; a file of
@@ -21,13 +23,7 @@ def load_teacher_logits(path, num_images, num_classes):
     Raises ValueError naming the file when it cannot be read, has the wrong shape (it must be aligned with
     the training images, so a resampling ``--balance`` cannot be combined with it), or holds NaN or inf.
     """
-    try:
-        scores = np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as e:
-        raise ValueError(f"{path}: cannot read teacher scores ({e})") from None
-    if scores.shape != (num_images, num_classes):
-        raise ValueError(f"{path}: teacher scores of shape {tuple(scores.shape)}, expected "
-                         f"({num_images}, {num_classes}) aligned with the training images")
+    scores = load_scores(path, num_images, num_classes, "teacher scores", "the training images")
     scores = scores.astype(np.float32)
     if not np.isfinite(scores).all():
         raise ValueError(f"{path}: teacher scores contain NaN or inf")

@@ -9,6 +9,8 @@ import itertools
 
 import numpy as np
 
+from .ensemble import combine
+
 
 def disagreement(scores_a, scores_b, labels):
     """(share of faces where the two top-1 predictions differ, share of those where A is right, B right)."""
@@ -32,7 +34,7 @@ def subset_accuracies(scores_by_name, labels):
     results = []
     for k in range(2, len(names) + 1):
         for subset in itertools.combinations(names, k):
-            mean = np.mean([np.asarray(scores_by_name[n], dtype=np.float64) for n in subset], axis=0)
+            mean = combine([scores_by_name[n] for n in subset])  # the average fer-eval's ensembles take
             results.append((float((mean.argmax(1) == labels).mean()), subset))
     results.sort(key=lambda r: -r[0])
     return results
