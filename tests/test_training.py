@@ -57,6 +57,13 @@ def small_tree(tmp_path, cache_dir):
     return root
 
 
+def test_train_help_names_every_registered_model():
+    from training.cli import MODEL_NAMES, build_parser
+    assert MODEL_NAMES == tuple(list_models())
+    help_text = " ".join(build_parser().format_help().split())  # argparse wraps lines
+    assert "registered model name: " + ", ".join(list_models()) in help_text
+
+
 def test_registry_and_budgets():
     assert {"vgg_paper", "vgg_edge", "vgg_half", "resnet_edge", "vgg_tiny"} <= set(list_models())
     with pytest.raises(ValueError, match="known models: .*vgg_edge"):

@@ -5,6 +5,11 @@ import sys
 
 from fer_edge.cli_common import run_main
 
+
+# The registry (training.models) imports torch, and --help must work without it; a test keeps this in step.
+MODEL_NAMES = ("resnet_edge", "vgg_edge", "vgg_half", "vgg_paper", "vgg_tiny")
+
+
 def _defaults():
     # Mirrors training.engine.TrainConfig, which imports torch: --help must work without it.
     return {
@@ -22,7 +27,7 @@ def build_parser():
         description="Train a FER2013 model; checkpoints every epoch, best epoch chosen on PublicTest.",
     )
     p.add_argument("--model", default=d["model"],
-                   help="registered model name: vgg_edge, vgg_half, vgg_paper, vgg_tiny (default: %(default)s)")
+                   help=f"registered model name: {', '.join(MODEL_NAMES)} (default: %(default)s)")
     p.add_argument("--data", required=False, help="fer2013.csv or the image-folder root (required unless --list-models)")
     p.add_argument("--out", default=d["out"], help="run folder (default: runs/<model>)")
     p.add_argument("--epochs", type=int, default=None,
