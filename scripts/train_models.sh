@@ -14,15 +14,18 @@ run() {  # run OUT ARGS...: train unless OUT/metrics.json already covers every e
 }
 # The shipped default: the edge model, long schedule (about 50 s per epoch here).
 run runs/edge_s0 --model vgg_edge --epochs 90 --seed 0
-# Balance strategies under one short budget (vgg_edge, 2 epochs each); wall time and peak memory of each
-# whole run (resampling included, on a cold resampling cache) go to runs/balance_*/resources.txt.
+# Balance strategies under one short budget (vgg_edge, 10 epochs each; an earlier session used 2); wall
+# time and peak memory of each whole run (resampling included, on a cold resampling cache) go to
+# runs/balance10_*/resources.txt, fer-eval's PublicTest report to eval.json, the table to stdout.
 export -f run
 export DATA
 for b in none class-weight sampler ros smote smote-tomek smote-enn; do
-  mkdir -p runs/balance_$b
-  /usr/bin/time -f "$b: %e s wall, %M KB max RSS" -a -o runs/balance_$b/resources.txt \
-    bash -c 'run "$@"' run runs/balance_$b --model vgg_edge --epochs 2 --balance $b --seed 0
+  mkdir -p runs/balance10_$b
+  /usr/bin/time -f "$b: %e s wall, %M KB max RSS" -a -o runs/balance10_$b/resources.txt \
+    bash -c 'run "$@"' run runs/balance10_$b --model vgg_edge --epochs 10 --balance $b --seed 0
+  fer-eval runs/balance10_$b/best.pt --data "$DATA" --no-progress --json runs/balance10_$b/eval.json
 done
+python scripts/balance_table.py runs/balance10_{none,class-weight,sampler,ros,smote,smote-tomek,smote-enn}
 # The paper's VGG as far as the session allowed (about 3 minutes per epoch here; 300 on a GPU in the paper).
 run runs/paper_e14 --model vgg_paper --epochs "${PAPER_EPOCHS:-14}" --lr 0.03 --seed 0
 # Ensemble members: different seeds and architectures on the shipped recipe (about 50 s per epoch each).

@@ -12,7 +12,8 @@ torch = pytest.importorskip("torch")
 from training import balance  # noqa: E402
 from training.augment import augment_batch, tta_views  # noqa: E402
 from training.engine import (  # noqa: E402
-    TrainConfig, build_optimizer, load_checkpoint, model_from_checkpoint, predict_logits, train, training_step)
+    TrainConfig, build_optimizer, classification_loss, load_checkpoint, model_from_checkpoint, predict_logits, train,
+    training_step)
 from training.ensemble import Ensemble, combine, fit_weights  # noqa: E402
 from training.models import count_macs, count_parameters, create_model, list_models  # noqa: E402
 from tests.conftest import synthetic_faces, write_folders  # noqa: E402
@@ -62,6 +63,22 @@ def test_train_help_names_every_registered_model():
     assert MODEL_NAMES == tuple(list_models())
     help_text = " ".join(build_parser().format_help().split())  # argparse wraps lines
     assert "registered model name: " + ", ".join(list_models()) in help_text
+
+
+def test_class_weights_scale_faces_but_leave_the_smoothed_target_uniform():
+    torch.manual_seed(0)
+    logits, labels = torch.randn(32, 7), torch.randint(0, 7, (32,))
+    weights = torch.tensor(balance.class_weights(np.array([0] * 40 + [1] * 4 + list(range(2, 7)) * 60), 7))
+    log_p = logits.log_softmax(1)
+    target = torch.nn.functional.one_hot(labels, 7) * 0.9 + 0.1 / 7
+    expected = (weights[labels] * -(target * log_p).sum(1)).sum() / weights[labels].sum()
+    assert torch.allclose(classification_loss(logits, labels, weights, 0.1), expected)
+    # One class in the batch: its weight cancels, so the loss is the unweighted one. torch's own
+    # cross_entropy(weight=, label_smoothing=) fails this (it weights the smoothing term per class).
+    same = torch.full((32,), 2)
+    assert torch.allclose(classification_loss(logits, same, weights, 0.1), classification_loss(logits, same, None, 0.1))
+    assert torch.allclose(classification_loss(logits, labels, None, 0.1),
+                          torch.nn.functional.cross_entropy(logits, labels, label_smoothing=0.1))
 
 
 def test_registry_and_budgets():
@@ -322,3 +339,50 @@ def test_ensemble_diversity_script_reads_saved_scores(fer_tree, tmp_path, capsys
     np.save(tmp_path / "b" / "right.npy", wrong)
     ensemble_diversity.main(["--data", str(root), str(tmp_path / "right.npy"), str(tmp_path / "b" / "right.npy")])
     assert f"{tmp_path / 'b' / 'right.npy'}: top-1 0.00%" in capsys.readouterr().out
+
+
+def _balance_run(folder, strategy, resampled=None):
+    """A finished balance run's folder as scripts/train_models.sh leaves it (2 epochs, the second best)."""
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps({"balance": strategy, "epochs": 2}))
+    log = ["model vgg_edge: 1.69 M parameters, 73.7 M MACs per face; 28709 training images; device cpu"]
+    if resampled:
+        log.insert(0, f"balance {strategy}: 28709 -> {resampled} images in 12.6s, counts [1, 2]")
+        log[1] = log[1].replace("28709", str(resampled))
+    (folder / "train.log").write_text("\n".join(log) + "\n")
+    (folder / "metrics.json").write_text(json.dumps([{"epoch": 0, "public_top1": 0.4},
+                                                    {"epoch": 1, "public_top1": 0.5}]))
+    (folder / "eval.json").write_text(json.dumps({"top1": 0.5012, "weighted_accuracy": 0.4567}))
+    (folder / "resources.txt").write_text(f"{strategy}: 321.4 s wall, 2097152 KB max RSS\n")
+
+
+def test_balance_table_reads_each_run_folder(tmp_path):
+    balance_table = _import_tool("scripts", "balance_table")
+    _balance_run(tmp_path / "b_ros", "ros", resampled=50505)
+    _balance_run(tmp_path / "b_none", "none")
+    row = balance_table.summarise_run(str(tmp_path / "b_ros"))
+    assert row == {"strategy": "ros", "epochs": 2, "images": 50505, "top1": 0.5012, "weighted": 0.4567,
+                   "best_epoch": 2, "wall_s": 321.4, "peak_gb": 2.0, "resample_s": 12.6}
+    assert balance_table.summarise_run(str(tmp_path / "b_none"))["resample_s"] is None
+    table = balance_table.markdown_table([row, balance_table.summarise_run(str(tmp_path / "b_none"))])
+    lines = table.splitlines()
+    assert "wall time, 2 epochs" in lines[0]
+    assert lines[2].startswith("| `none` | 28,709 | 50.12% | 45.67% | 2 | 321 s | - | 2.00 GB |")  # STRATEGIES order
+    assert lines[3] == "| `ros` | 50,505 | 50.12% | 45.67% | 2 | 321 s | 13 s | 2.00 GB |"
+
+
+def test_balance_table_names_what_is_missing(tmp_path, capsys):
+    balance_table = _import_tool("scripts", "balance_table")
+    from fer_edge.cli_common import run_main
+    _balance_run(tmp_path / "b_smote", "smote", resampled=50505)
+    (tmp_path / "b_smote" / "eval.json").unlink()
+    assert run_main("balance_table", lambda: balance_table.main([str(tmp_path / "b_smote")])) == 2
+    assert "b_smote/eval.json" in capsys.readouterr().err
+    (tmp_path / "b_smote" / "eval.json").write_text("{}")
+    (tmp_path / "b_smote" / "resources.txt").write_text("killed\n")
+    assert run_main("balance_table", lambda: balance_table.main([str(tmp_path / "b_smote")])) == 2
+    assert "resources.txt: no line matching" in capsys.readouterr().err
+    _balance_run(tmp_path / "b_enn", "smote-enn", resampled=26331)
+    (tmp_path / "b_enn" / "eval.json").write_text("{}")
+    assert run_main("balance_table", lambda: balance_table.main([str(tmp_path / "b_enn")])) == 2
+    assert "b_enn: config.json, metrics.json or eval.json lacks 'top1'" in capsys.readouterr().err
