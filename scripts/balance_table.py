@@ -78,7 +78,7 @@ def markdown_table(rows):
     for r in rows:
         resample = "-" if r["resample_s"] is None else f"{r['resample_s']:.0f} s"
         lines.append(f"| `{r['strategy']}` | {r['images']:,} | {r['top1'] * 100:.2f}% | {r['weighted'] * 100:.2f}% "
-                     f"| {r['best_epoch']} | {r['wall_s']:.0f} s | {resample} | {r['peak_gb']:.2f} GB |")
+                     f"| {r['best_epoch']} | {r['wall_s']:.0f} s | {resample} | {r['peak_gb']:.2f} GiB |")
     return "\n".join(lines)
 
 

@@ -26,6 +26,12 @@ for b in none class-weight sampler ros smote smote-tomek smote-enn; do
   fer-eval runs/balance10_$b/best.pt --data "$DATA" --no-progress --json runs/balance10_$b/eval.json
 done
 python scripts/balance_table.py runs/balance10_{none,class-weight,sampler,ros,smote,smote-tomek,smote-enn}
+# Control for the oversamplers' longer epochs: no balancing for 18 epochs, about the images of 10 ROS epochs.
+mkdir -p runs/balance18_none
+/usr/bin/time -f "none: %e s wall, %M KB max RSS" -a -o runs/balance18_none/resources.txt \
+  bash -c 'run "$@"' run runs/balance18_none --model vgg_edge --epochs 18 --balance none --seed 0
+fer-eval runs/balance18_none/best.pt --data "$DATA" --no-progress --json runs/balance18_none/eval.json
+python scripts/balance_table.py runs/balance18_none
 # The paper's VGG as far as the session allowed (about 3 minutes per epoch here; 300 on a GPU in the paper).
 run runs/paper_e14 --model vgg_paper --epochs "${PAPER_EPOCHS:-14}" --lr 0.03 --seed 0
 # Ensemble members: different seeds and architectures on the shipped recipe (about 50 s per epoch each).

@@ -367,8 +367,8 @@ def test_balance_table_reads_each_run_folder(tmp_path):
     table = balance_table.markdown_table([row, balance_table.summarise_run(str(tmp_path / "b_none"))])
     lines = table.splitlines()
     assert "wall time, 2 epochs" in lines[0]
-    assert lines[2].startswith("| `none` | 28,709 | 50.12% | 45.67% | 2 | 321 s | - | 2.00 GB |")  # STRATEGIES order
-    assert lines[3] == "| `ros` | 50,505 | 50.12% | 45.67% | 2 | 321 s | 13 s | 2.00 GB |"
+    assert lines[2].startswith("| `none` | 28,709 | 50.12% | 45.67% | 2 | 321 s | - | 2.00 GiB |")  # STRATEGIES order
+    assert lines[3] == "| `ros` | 50,505 | 50.12% | 45.67% | 2 | 321 s | 13 s | 2.00 GiB |"
 
 
 def test_balance_table_names_what_is_missing(tmp_path, capsys):

@@ -243,8 +243,8 @@ def classification_loss(logits, labels, class_weights=None, label_smoothing=0.0)
 
     Not ``F.cross_entropy(weight=..., label_smoothing=...)``: torch also weights the smoothing term class by
     class, which turns every face's smoothed target toward the heavily weighted classes. With FER2013's
-    class weights and smoothing 0.1 that put about 18% of a happy face's target on disgust, and
-    ``--balance class-weight`` runs drifted into predicting disgust for every face.
+    class weights and smoothing 0.1 that put about 18% of a happy face's target on disgust, and a
+    ``--balance class-weight`` run called every face disgust after its first epoch.
     """
     if class_weights is None:
         return F.cross_entropy(logits, labels, label_smoothing=label_smoothing)
