@@ -19,18 +19,19 @@ run runs/edge_s0 --model vgg_edge --epochs 90 --seed 0
 # runs/balance10_*/resources.txt, fer-eval's PublicTest report to eval.json, the table to stdout.
 export -f run
 export DATA
+balance_run() {  # balance_run OUT EPOCHS STRATEGY: a timed vgg_edge run and fer-eval's report of its best epoch
+  local out=$1 epochs=$2 b=$3
+  mkdir -p "$out"
+  /usr/bin/time -f "$b: %e s wall, %M KB max RSS" -a -o "$out/resources.txt" \
+    bash -c 'run "$@"' run "$out" --model vgg_edge --epochs "$epochs" --balance "$b" --seed 0
+  fer-eval "$out/best.pt" --data "$DATA" --no-progress --json "$out/eval.json"
+}
 for b in none class-weight sampler ros smote smote-tomek smote-enn; do
-  mkdir -p runs/balance10_$b
-  /usr/bin/time -f "$b: %e s wall, %M KB max RSS" -a -o runs/balance10_$b/resources.txt \
-    bash -c 'run "$@"' run runs/balance10_$b --model vgg_edge --epochs 10 --balance $b --seed 0
-  fer-eval runs/balance10_$b/best.pt --data "$DATA" --no-progress --json runs/balance10_$b/eval.json
+  balance_run runs/balance10_$b 10 $b
 done
 python scripts/balance_table.py runs/balance10_{none,class-weight,sampler,ros,smote,smote-tomek,smote-enn}
 # Control for the oversamplers' longer epochs: no balancing for 18 epochs, about the images of 10 ROS epochs.
-mkdir -p runs/balance18_none
-/usr/bin/time -f "none: %e s wall, %M KB max RSS" -a -o runs/balance18_none/resources.txt \
-  bash -c 'run "$@"' run runs/balance18_none --model vgg_edge --epochs 18 --balance none --seed 0
-fer-eval runs/balance18_none/best.pt --data "$DATA" --no-progress --json runs/balance18_none/eval.json
+balance_run runs/balance18_none 18 none
 python scripts/balance_table.py runs/balance18_none
 # The paper's VGG as far as the session allowed (about 3 minutes per epoch here; 300 on a GPU in the paper).
 run runs/paper_e14 --model vgg_paper --epochs "${PAPER_EPOCHS:-14}" --lr 0.03 --seed 0

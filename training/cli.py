@@ -5,6 +5,8 @@ import sys
 
 from fer_edge.cli_common import run_main
 
+from .balance import STRATEGIES
+
 
 # The registry (training.models) imports torch, and --help must work without it; a test keeps this in step.
 MODEL_NAMES = ("resnet_edge", "vgg_edge", "vgg_half", "vgg_paper", "vgg_tiny")
@@ -41,7 +43,7 @@ def build_parser():
                    help="learning-rate schedule (default: %(default)s)")
     p.add_argument("--label-smoothing", type=float, default=d["label_smoothing"], help="(default: %(default)s)")
     p.add_argument("--balance", default=d["balance"],
-                   choices=("none", "class-weight", "sampler", "ros", "smote", "smote-tomek", "smote-enn"),
+                   choices=STRATEGIES,
                    help="class-imbalance strategy (default: %(default)s)")
     p.add_argument("--no-augment", action="store_true", help="disable training augmentation (default: augment)")
     p.add_argument("--no-amp", action="store_true",
