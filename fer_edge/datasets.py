@@ -5,7 +5,9 @@ Three forms are read:
 * the original ``fer2013.csv`` (columns ``emotion,pixels,Usage``), or a folder holding it;
 * image folders ``train/<class>/`` and ``test/<class>/``, where the file-name prefixes
   ``PublicTest_`` and ``PrivateTest_`` split ``test/`` (the common Kaggle layout);
-* plain ``train/ val/ test/`` folders: ``val/`` is the public split, ``test/`` the private one.
+* plain ``train/ val/ test/`` folders: ``val/`` is the public split, ``test/`` the private one;
+* a pack, one ``.npz`` or ``.npz.xz`` file of arrays (``fer_edge.dataset_pack``), to carry the data
+  to another machine.
 
 Splits are called ``train``, ``public`` and ``private``. Decoded arrays are cached (see
 ``default_cache_dir``) keyed by the files' names, sizes and modification times, so a second load is a
@@ -21,6 +23,7 @@ import tempfile
 import numpy as np
 
 from .constants import CLASS_NAMES, FER_IMAGE_SIZE, SPLITS, USAGE_TO_SPLIT
+from .dataset_pack import is_pack, read_pack
 from .errors import DatasetError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
@@ -64,7 +67,8 @@ def load_fer2013(path, split="train", cache=True, cache_dir=None):
     """Load one split of FER2013 from a CSV file or an image-folder tree.
 
     Args:
-        path: ``fer2013.csv``, a folder containing it, or the root of an image-folder tree.
+        path: ``fer2013.csv``, a folder containing it, the root of an image-folder tree, or a pack
+            (``.npz`` / ``.npz.xz``, see ``fer_edge.dataset_pack``).
         split: ``train``, ``public`` or ``private``.
         cache: reuse (and write) a decoded-array cache.
         cache_dir: where caches live; default ``default_cache_dir()``.
@@ -80,6 +84,10 @@ def load_fer2013(path, split="train", cache=True, cache_dir=None):
     path = os.path.abspath(os.fspath(path))
     if not os.path.exists(path):
         raise DatasetError(f"{path}: no such file or folder")
+    if os.path.isfile(path) and is_pack(path):
+        # Already arrays: a cache would only copy them.
+        images, labels = read_pack(path, split)
+        return FerSplit(images, labels, [f"{path}[{split}:{i}]" for i in range(len(labels))], split)
     csv_path = _find_csv(path)
     if csv_path is not None:
         stat = os.stat(csv_path)
@@ -94,7 +102,7 @@ def load_fer2013(path, split="train", cache=True, cache_dir=None):
 def _find_csv(path):
     if os.path.isfile(path):
         if not path.lower().endswith(".csv"):
-            raise DatasetError(f"{path}: expected fer2013.csv or a folder of images")
+            raise DatasetError(f"{path}: expected fer2013.csv, a pack (.npz, .npz.xz) or a folder of images")
         return path
     candidate = os.path.join(path, "fer2013.csv")
     return candidate if os.path.isfile(candidate) else None

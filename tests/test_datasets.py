@@ -133,3 +133,37 @@ def test_real_fer2013_counts(real_data):
     start = time.perf_counter()
     load_fer2013(real_data, "train")
     assert time.perf_counter() - start < 5  # loose bound: the cache, not a benchmark
+
+
+@pytest.mark.parametrize("suffix", [".npz.xz", ".npz"])
+def test_pack_round_trip_through_the_cli(fer_tree, tmp_path, suffix):
+    from fer_edge import dataset_pack
+
+    root, truth = fer_tree
+    dest = tmp_path / f"fer{suffix}"
+    assert dataset_pack.main([str(root), str(dest), "--splits", "train", "public"]) == 0
+    for split in ("train", "public"):
+        got, want = load_fer2013(dest, split), load_fer2013(root, split)
+        np.testing.assert_array_equal(got.images, want.images)
+        np.testing.assert_array_equal(got.labels, want.labels)
+        assert got.labels.dtype == np.int64 and got.sources[0] == f"{dest}[{split}:0]"
+    assert not [p for p in os.listdir(tmp_path) if p.endswith(".tmp")]
+    with pytest.raises(DatasetError, match=r"no 'private' split \(it holds: public, train\)"):
+        load_fer2013(dest, "private")
+
+
+def test_pack_rejects_bad_arrays_and_files(tmp_path):
+    from fer_edge.dataset_pack import write_pack
+
+    images, labels = synthetic_faces(7, 1)
+    with pytest.raises(DatasetError, match=r"labels must lie in 0\.\.6"):
+        write_pack(tmp_path / "a.npz", {"train": (images, labels + 7)})
+    with pytest.raises(DatasetError, match=r"must be uint8 \(N, 48, 48\)"):
+        write_pack(tmp_path / "a.npz", {"train": (images[:, :40], labels)})
+    with pytest.raises(DatasetError, match="ends in .npz or .npz.xz"):
+        write_pack(tmp_path / "a.zip", {"train": (images, labels)})
+    assert os.listdir(tmp_path) == []  # nothing half-written
+    broken = tmp_path / "broken.npz.xz"
+    broken.write_bytes(b"\xfd7zXZ\x00 truncated")
+    with pytest.raises(DatasetError, match="broken.npz.xz: not a readable FER2013 pack"):
+        load_fer2013(broken, "train")

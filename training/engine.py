@@ -294,7 +294,7 @@ class _Logger:
             fh.write(msg + "\n")
 
 
-def train(cfg, resume=False, stop_after=None, epochs=None):
+def train(cfg, resume=False, stop_after=None, epochs=None, after_epoch=None):
     """Run (or resume) a training run.
 
     Args:
@@ -304,6 +304,8 @@ def train(cfg, resume=False, stop_after=None, epochs=None):
             in time slices.
         epochs: on resume, a new total epoch count; allowed for the plateau and constant schedules,
             whose learning rate does not depend on the run's length.
+        after_epoch: called as ``after_epoch(row)`` on rank 0 once an epoch's checkpoints are written
+            (``scripts/device_train.py`` times whole epochs with it).
 
     Returns:
         The per-epoch history (list of dicts).
@@ -450,6 +452,8 @@ def train(cfg, resume=False, stop_after=None, epochs=None):
                 best_state["metadata"] = model_metadata(cfg, model, _card_metrics(report, cfg.eval_tta)).to_dict()
                 save_checkpoint(os.path.join(cfg.out, "best.pt"), best_state)
             write_history(cfg.out, history)
+            if after_epoch is not None:
+                after_epoch(row)
     if world > 1:
         import torch.distributed as dist
 
