@@ -69,20 +69,25 @@ def build_parser():
     p.add_argument("--reserve-s", type=float, default=30.0,
                    help="seconds kept for writing the parts and the log (default: %(default)s)")
     p.add_argument("--work", default=None,
-                   help="folder for checkpoints (default: a new folder in /dev/shm, else the system temp)")
+                   help="folder for checkpoints (default: a new folder in /dev/shm if it has 2 GiB free, else in the "
+                        "system temp folder)")
     return p
 
 
 def _train_config(train_args, data, out, epochs):
-    from training.cli import build_parser as train_parser
-    from training.engine import TrainConfig
+    from training.cli import build_parser as train_parser, config_from_args
 
-    a = train_parser().parse_args(["--data", data, *train_args])
-    return TrainConfig(
-        model=a.model, data=data, out=out, epochs=epochs, batch_size=a.batch_size, optimizer=a.optimizer,
-        lr=a.lr, weight_decay=a.weight_decay, schedule=a.schedule, label_smoothing=a.label_smoothing,
-        balance=a.balance, augment=not a.no_augment, amp=not a.no_amp, seed=a.seed, threads=a.threads,
-        device=a.device, eval_tta=a.eval_tta, max_train_samples=a.max_train_samples, progress=False)
+    cfg = config_from_args(train_parser().parse_args(["--data", data, *train_args]))
+    cfg.out, cfg.epochs, cfg.progress = out, epochs, False
+    return cfg
+
+
+def _fast_scratch():
+    """/dev/shm when it has room for the checkpoints (a container's may hold only 64 MB), else the temp folder."""
+    try:
+        return "/dev/shm" if shutil.disk_usage("/dev/shm").free > 2 * 2**30 else None
+    except OSError:
+        return None
 
 
 def _float16_bytes(model_name):
@@ -104,7 +109,7 @@ def run(args, train_args):
     if args.probe_epochs < 2:
         raise SystemExit("device_train: error: --probe-epochs must be at least 2 (the first one warms up)")
     made_work = args.work is None
-    work = args.work or tempfile.mkdtemp(prefix="fer_edge_device_", dir="/dev/shm" if os.path.isdir("/dev/shm") else None)
+    work = args.work or tempfile.mkdtemp(prefix="fer_edge_device_", dir=_fast_scratch())
     os.makedirs(args.out, exist_ok=True)
     try:
         return _probe_plan_train(args, train_args, probe_cfg, work, start)

@@ -81,3 +81,13 @@ fer-eval $LONG_MEMBERS runs/res_s6/best.pt runs/kd_s7/best.pt runs/kd_half_s8/be
 fer-eval runs/kd_half_s8/best.pt --data "$DATA" --no-progress --save-scores runs/pub/kd_half_s8.npy > /dev/null
 python scripts/ensemble_diversity.py --data "$DATA" runs/pub/edge_s0.npy runs/pub/edge_s4.npy runs/pub/half_s5.npy \
   runs/pub/res_s6.npy runs/pub/kd_s7.npy runs/pub/kd_half_s8.npy
+# A longer residual member (the fifth ensemble rows): resnet_edge was still learning at 55 epochs (65.03%),
+# and it is the member that disagrees most with the shipped model.
+run runs/res_s9 --model resnet_edge --epochs 90 --seed 9
+fer-eval runs/res_s9/best.pt --data "$DATA" --no-progress --json runs/res_s9_eval.json --save-scores runs/pub/res_s9.npy
+python scripts/ensemble_diversity.py --data "$DATA" runs/pub/edge_s0.npy runs/pub/edge_s4.npy runs/pub/half_s5.npy \
+  runs/pub/res_s6.npy runs/pub/kd_s7.npy runs/pub/res_s9.npy
+fer-eval runs/edge_s0/best.pt runs/res_s9/best.pt --data "$DATA" --no-progress --json runs/res9_pair_eval.json
+fer-eval $LONG_MEMBERS runs/res_s6/best.pt runs/kd_s7/best.pt runs/res_s9/best.pt --data "$DATA" --no-progress \
+  --json runs/res9_six_eval.json
+# The paper's VGG on a lent GPU runs elsewhere: see scripts/device_train.py for its three commands.

@@ -70,11 +70,27 @@ def build_parser():
     return p
 
 
+def config_from_args(args):
+    """The TrainConfig that parsed fer-train options describe (scripts/device_train.py reuses it)."""
+    from .engine import TrainConfig
+
+    return TrainConfig(
+        model=args.model, data=args.data or "", out=args.out or f"runs/{args.model}",
+        epochs=args.epochs or _defaults()["epochs"],
+        batch_size=args.batch_size, optimizer=args.optimizer, lr=args.lr, weight_decay=args.weight_decay,
+        schedule=args.schedule, label_smoothing=args.label_smoothing, balance=args.balance,
+        augment=not args.no_augment, amp=not args.no_amp, seed=args.seed, threads=args.threads,
+        device=args.device, eval_tta=args.eval_tta, max_train_samples=args.max_train_samples,
+        distill=args.distill, distill_alpha=args.distill_alpha, distill_temperature=args.distill_temperature,
+        progress=not args.no_progress,
+    )
+
+
 def _run(args):
     from fer_edge.errors import require
 
     require("torch", "train")
-    from .engine import TrainConfig, train
+    from .engine import train
     from .models import count_macs, count_parameters, create_model, list_models
 
     if args.list_models:
@@ -86,16 +102,7 @@ def _run(args):
         raise SystemExit(f"fer-train: error: unknown model {args.model!r}; known models: {', '.join(list_models())}")
     if not args.data and not args.resume:
         raise SystemExit("fer-train: error: --data is required")
-    cfg = TrainConfig(
-        model=args.model, data=args.data or "", out=args.out or f"runs/{args.model}",
-        epochs=args.epochs or _defaults()["epochs"],
-        batch_size=args.batch_size, optimizer=args.optimizer, lr=args.lr, weight_decay=args.weight_decay,
-        schedule=args.schedule, label_smoothing=args.label_smoothing, balance=args.balance,
-        augment=not args.no_augment, amp=not args.no_amp, seed=args.seed, threads=args.threads,
-        device=args.device, eval_tta=args.eval_tta, max_train_samples=args.max_train_samples,
-        distill=args.distill, distill_alpha=args.distill_alpha, distill_temperature=args.distill_temperature,
-        progress=not args.no_progress,
-    )
+    cfg = config_from_args(args)
     history = train(cfg, resume=args.resume, stop_after=args.stop_after, epochs=args.epochs)
     best = max(history, key=lambda r: r.get("public_top1", -1)) if history else None
     if best is not None and "public_top1" in best:
