@@ -15,12 +15,12 @@ import io
 import lzma
 import os
 import sys
-import tempfile
 
 import numpy as np
 
 from .constants import CLASS_NAMES, FER_IMAGE_SIZE, SPLITS
 from .errors import DatasetError
+from .io_utils import atomic_write_bytes
 
 PACK_SUFFIXES = (".npz", ".npz.xz")
 
@@ -53,16 +53,7 @@ def write_pack(dest, splits):
     payload = buffer.getvalue()
     if dest.lower().endswith(".xz"):
         payload = lzma.compress(payload, preset=6)
-    folder = os.path.dirname(os.path.abspath(dest))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(payload)
-        os.replace(tmp, dest)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    atomic_write_bytes(dest, payload)
 
 
 def read_pack(path, split):

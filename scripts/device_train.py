@@ -124,6 +124,7 @@ def run(args, train_args):
 def _probe_plan_train(args, train_args, probe_cfg, work, start):
     import torch
 
+    from fer_edge.io_utils import atomic_write_text
     from training.checkpoint_parts import write_parts
     from training.engine import train
 
@@ -157,8 +158,7 @@ def _probe_plan_train(args, train_args, probe_cfg, work, start):
                     "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None},
         "history": history,
     }
-    with open(os.path.join(args.out, "device_run.json"), "w") as fh:
-        json.dump(summary, fh, indent=1)
+    atomic_write_text(os.path.join(args.out, "device_run.json"), json.dumps(summary, indent=1))
     print(f"device_train: {epochs} epochs in {summary['run_seconds']:.0f} s; best epoch {best['epoch'] + 1}: "
           f"PublicTest top-1 {best['public_top1'] * 100:.2f}% ({cfg.eval_tta}); parts in {args.out}", flush=True)
     return summary

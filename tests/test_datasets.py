@@ -147,7 +147,7 @@ def test_pack_round_trip_through_the_cli(fer_tree, tmp_path, suffix):
         np.testing.assert_array_equal(got.images, want.images)
         np.testing.assert_array_equal(got.labels, want.labels)
         assert got.labels.dtype == np.int64 and got.sources[0] == f"{dest}[{split}:0]"
-    assert not [p for p in os.listdir(tmp_path) if p.endswith(".tmp")]
+    assert sorted(os.listdir(tmp_path)) == sorted(["cache", "fer2013", dest.name])  # no temporary file left
     with pytest.raises(DatasetError, match=r"no 'private' split \(it holds: public, train\)"):
         load_fer2013(dest, "private")
 

@@ -58,6 +58,13 @@ def test_damaged_or_missing_parts_are_named(trained, tmp_path, capsys):
     with pytest.raises(ModelError, match="SHA-256 does not match"):
         join_parts(manifest, tmp_path / "back.pt")
     first.unlink()
+    listed = json.loads(open(manifest).read())
+    for broken, message in (({**listed, "parts": ["../best.part01"]}, "not paths"),
+                            ({k: v for k, v in listed.items() if k != "sha256"}, "lacks sha256")):
+        bad = tmp_path / "parts" / "bad.parts.json"
+        bad.write_text(json.dumps(broken))
+        with pytest.raises(ModelError, match=message):
+            join_parts(bad, tmp_path / "back.pt")
     assert parts_main(["join", manifest, str(tmp_path / "back.pt")]) == 2
     assert "best.part00: part missing" in capsys.readouterr().err
     assert not (tmp_path / "back.pt").exists()

@@ -19,6 +19,7 @@ import sys
 import torch
 
 from fer_edge.errors import ModelError
+from fer_edge.io_utils import atomic_write_bytes, atomic_write_text
 
 from .engine import load_checkpoint, save_checkpoint
 
@@ -61,12 +62,12 @@ def write_parts(checkpoint_path, out_dir, part_bytes=DEFAULT_PART_BYTES, stem="b
     parts = []
     for index, start in enumerate(range(0, len(payload), part_bytes)):
         name = f"{stem}.part{index:02d}"
-        _write_atomically(os.path.join(out_dir, name), payload[start:start + part_bytes])
+        atomic_write_bytes(os.path.join(out_dir, name), payload[start:start + part_bytes])
         parts.append(name)
     manifest = {"format": FORMAT, "source": os.path.basename(checkpoint_path), "weights": "float16",
                 "bytes": len(payload), "sha256": hashlib.sha256(payload).hexdigest(), "parts": parts}
     manifest_path = os.path.join(out_dir, f"{stem}.parts.json")
-    _write_atomically(manifest_path, json.dumps(manifest, indent=2).encode())
+    atomic_write_text(manifest_path, json.dumps(manifest, indent=2))
     return manifest_path
 
 
@@ -86,6 +87,11 @@ def join_parts(manifest_path, dest):
         raise ModelError(f"{manifest_path}: not a readable parts manifest ({exc})") from None
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise ModelError(f"{manifest_path}: not a fer_edge parts manifest (format {FORMAT!r} expected)")
+    missing = [k for k in ("parts", "bytes", "sha256") if k not in manifest]
+    if missing:
+        raise ModelError(f"{manifest_path}: the manifest lacks {', '.join(missing)}")
+    if any(os.path.basename(str(name)) != name for name in manifest["parts"]):
+        raise ModelError(f"{manifest_path}: parts must be file names beside the manifest, not paths")
     folder = os.path.dirname(os.path.abspath(manifest_path))
     chunks = []
     for name in manifest["parts"]:
@@ -104,13 +110,6 @@ def join_parts(manifest_path, dest):
     os.makedirs(os.path.dirname(os.path.abspath(dest)), exist_ok=True)
     save_checkpoint(os.fspath(dest), ckpt)
     return ckpt
-
-
-def _write_atomically(path, data):
-    tmp = path + ".tmp"
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-    os.replace(tmp, path)
 
 
 def main(argv=None):
