@@ -150,6 +150,12 @@ def test_pack_round_trip_through_the_cli(fer_tree, tmp_path, suffix):
     assert sorted(os.listdir(tmp_path)) == sorted(["cache", "fer2013", dest.name])  # no temporary file left
     with pytest.raises(DatasetError, match=r"no 'private' split \(it holds: public, train\)"):
         load_fer2013(dest, "private")
+    # A second load comes from the decoded-array cache, not from decompressing the whole pack again.
+    cached = [f for f in os.listdir(tmp_path / "cache" / "datasets") if f.startswith("fer2013-train-")]
+    assert len(cached) == 2  # the folder tree's and the pack's
+    dest.write_bytes(b"")  # changed size and time: the stale cache must not answer
+    with pytest.raises(DatasetError, match="not a readable FER2013 pack"):
+        load_fer2013(dest, "train")
 
 
 def test_pack_rejects_bad_arrays_and_files(tmp_path):

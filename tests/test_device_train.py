@@ -17,7 +17,7 @@ from tests.test_training import _import_tool  # noqa: E402
 
 
 @pytest.fixture
-def pack(tmp_path):
+def pack(tmp_path, cache_dir):
     path = tmp_path / "fer.npz.xz"
     write_pack(path, {"train": synthetic_faces(96, 1), "public": synthetic_faces(28, 2)})
     return path
