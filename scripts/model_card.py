@@ -34,6 +34,8 @@ def main(argv=None):
     p.add_argument("--command", required=True, help="the exact training command")
     p.add_argument("--export-command", default="", help="the exact export command")
     p.add_argument("--out", default="MODEL.md", help="card path (default: %(default)s)")
+    p.add_argument("--shared-machine", action="store_true",
+                   help="say the training shared the machine with other work (its epoch times are then inflated)")
     args = p.parse_args(argv)
 
     from fer_edge import Runtime
@@ -80,7 +82,7 @@ def main(argv=None):
         f"augmentation {'on' if config['augment'] else 'off'}, bf16 autocast {'on' if config['amp'] else 'off'}, seed {config['seed']}.",
         f"- Best epoch (chosen on PublicTest with `{config['eval_tta']}` TTA): {best['epoch'] + 1} of {len(history)}.",
         f"- Training time: {train_hours:.2f} h of training epochs on {machine_info()['processor']} "
-        f"({os.cpu_count()} cores, no GPU), shared with other work at times; "
+        f"({os.cpu_count()} cores, no GPU){', shared with other work at times' if args.shared_machine else ''}; "
         f"median {np.median([r['images_per_second'] for r in history]):.0f} training images/s.",
         "",
         f"## PublicTest results ({len(data):,} faces)",
